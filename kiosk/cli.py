@@ -1,0 +1,93 @@
+"""The `kiosk` command line.
+
+Exit codes: 0 ok, 2 usage error, 78 configuration error, 1 anything else. Errors go to stderr as
+one sentence naming what is at fault; a traceback only with `--debug`. Each command imports what
+it needs when it runs, so `kiosk run` never loads the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TextIO
+
+from kiosk import __version__
+from kiosk.errors import ConfigError, KioskError, UsageError
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2
+EX_CONFIG = 78
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def _cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
+    from kiosk import settings  # noqa: PLC0415 - each command imports what it needs
+
+    loaded = settings.load(args.config)
+    source = loaded.config_file or "(none: environment and defaults only)"
+    print(f"# kiosk {__version__}: configuration is valid", file=out)
+    print(f"# config file: {source}", file=out)
+    rows = settings.effective(loaded)
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, origin in rows:
+        if key == "stripe.api_version" and value == "(not set)":
+            value = "(the stripe library's pinned version)"
+        print(f"{key:<{width}}  {value}  [{origin}]", file=out)
+    return EX_OK
+
+
+Command = Callable[[argparse.Namespace, TextIO], int]
+
+
+def _parser() -> tuple[_Parser, dict[str, Command]]:
+    parser = _Parser(prog="kiosk", description="Card payments for unattended vending machines.")
+    parser.add_argument("--version", action="version", version=f"kiosk {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands: dict[str, Command] = {}
+
+    check = sub.add_parser("check-config", help="validate and print the effective configuration")
+    check.add_argument("--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)")
+    commands["check-config"] = _cmd_check_config
+
+    return parser, commands
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    stdout = out if out is not None else sys.stdout
+    stderr = err if err is not None else sys.stderr
+    parser, commands = _parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(stdout)
+            return EX_USAGE
+        return commands[args.command](args, stdout)
+    except UsageError as exc:
+        print(f"kiosk: {exc}", file=stderr)
+        return EX_USAGE
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"kiosk: configuration error: {problem}", file=stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the top of the program: one sentence, not a traceback
+        if debug:
+            traceback.print_exc(file=stderr)
+        from kiosk.logs import REDACTOR  # noqa: PLC0415
+
+        kind = "" if isinstance(exc, KioskError) else f"{type(exc).__name__}: "
+        print(f"kiosk: {kind}{REDACTOR.scrub(str(exc))}", file=stderr)
+        if not debug:
+            print("kiosk: run again with --debug for details", file=stderr)
+        return EX_FAILURE

@@ -1,0 +1,419 @@
+"""Configuration: a TOML file, then `KIOSK_` environment variables, then credential files.
+
+Later sources win. Every value remembers where it came from, so `kiosk check-config` can say so,
+and every invalid value is reported as one sentence that names the key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kiosk.errors import ConfigError
+
+ENV_PREFIX = "KIOSK_"
+DEFAULT_CONFIG_FILE = Path("/etc/kiosk/kiosk.toml")
+
+# Credential files (systemd `LoadCredential=`) that kiosk reads from $CREDENTIALS_DIRECTORY, and
+# the setting each fills. Only secrets are read this way.
+CREDENTIAL_FILES: Mapping[str, tuple[str, str]] = {
+    "stripe_api_key": ("stripe", "api_key"),
+    "mqtt_password": ("mqtt", "password"),
+}
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+READER_ID_PATTERN = re.compile(r"tmr_[A-Za-z0-9]{1,64}")
+API_KEY_PATTERN = re.compile(r"(sk|rk)_(test|live)_[A-Za-z0-9]{8,247}")
+CURRENCY_PATTERN = re.compile(r"[a-z]{3}")
+
+Source = Literal["default", "file", "env", "credential"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _positive_seconds(value: float, upper: float) -> float:
+    if not 0 < value <= upper:
+        raise ValueError(f"must be a number of seconds above 0 and at most {upper:g}")
+    return value
+
+
+class MqttSettings(_Section):
+    """The broker connection (local Mosquitto, or a cloud broker over TLS)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    topic_prefix: str = "vend/v1"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "unix":
+            if not parts.path.startswith("/"):
+                raise ValueError("a unix socket URL needs an absolute path, like unix:///run/mosquitto/mosquitto.sock")
+            return value
+        if parts.scheme not in {"mqtt", "mqtts"}:
+            raise ValueError("must start with mqtt://, mqtts:// or unix://, like mqtt://127.0.0.1:1883")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("has a port that is not a number from 1 to 65535") from None
+        if not parts.hostname:
+            raise ValueError("has no host name, like mqtt://127.0.0.1:1883")
+        if port == 0:
+            raise ValueError("has a port that is not a number from 1 to 65535")
+        if parts.path not in {"", "/"} or parts.query or parts.fragment:
+            raise ValueError("must be only a scheme, a host and a port, like mqtt://127.0.0.1:1883")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "#+\0"):
+            raise ValueError("must be topic levels without wildcards or a leading or trailing /, like vend/v1")
+        return value
+
+    @property
+    def host(self) -> str:
+        """Host name for mqtt:// and mqtts://."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """Port, with MQTT's defaults (1883 plain, 8883 TLS)."""
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS."""
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def unix_path(self) -> str | None:
+        """Socket path of a unix:// URL, else None."""
+        parts = urlsplit(self.url)
+        return parts.path if parts.scheme == "unix" else None
+
+
+class StripeSettings(_Section):
+    """The Stripe account and the reader this kiosk drives."""
+
+    api_key: SecretStr
+    api_base: str = "https://api.stripe.com"
+    api_version: str | None = None
+    reader_id: str
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        if not API_KEY_PATTERN.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "is not a Stripe secret or restricted key; it looks like sk_live_…, sk_test_…, rk_live_… or rk_test_…"
+            )
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _check_base(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL, like https://api.stripe.com")
+        return value.rstrip("/")
+
+    @field_validator("api_version")
+    @classmethod
+    def _check_version(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?", value):
+            raise ValueError("is not a Stripe API version; it looks like 2026-09-30.endive or 2023-08-16")
+        return value
+
+    @field_validator("reader_id")
+    @classmethod
+    def _check_reader(cls, value: str) -> str:
+        if not READER_ID_PATTERN.fullmatch(value):
+            raise ValueError("is not a reader id; it looks like tmr_…")
+        return value
+
+
+class PaymentSettings(_Section):
+    """How long each step of a payment may take, and how it is taken."""
+
+    card_timeout_s: float = 30
+    max_card_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    vend_result_timeout_s: float = 300
+    request_timeout_s: float = 30
+    flow: Literal["process", "collect_confirm"] = "process"
+
+    @field_validator("card_timeout_s", "request_timeout_s")
+    @classmethod
+    def _check_short(cls, value: float) -> float:
+        return _positive_seconds(value, 600)
+
+    @field_validator("vend_result_timeout_s")
+    @classmethod
+    def _check_vend(cls, value: float) -> float:
+        return _positive_seconds(value, 3600)
+
+
+class FleetSettings(_Section):
+    """Fleet management topics on the same broker connection."""
+
+    enabled: bool = True
+    topic_prefix: str = "fleet/v1"
+    health_period_s: Annotated[int, Field(ge=10, le=3600)] = 60
+    signing_public_key: str | None = None
+    releases_dir: Path = Path("/opt/kiosk/releases")
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/kiosk").split(":")[0])
+
+
+class Settings(BaseSettings):
+    """Everything kiosk can be told. Built by `load`, which layers the sources."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    currency: tuple[str, ...] = ("usd",)
+    max_amount: Annotated[int, Field(ge=1, le=99_999_999)] = 10_000
+    mqtt: MqttSettings = MqttSettings()
+    stripe: StripeSettings
+    payments: PaymentSettings = PaymentSettings()
+    fleet: FleetSettings = FleetSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - `load` layers env itself
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `load` merged: it tracks each value's source for check-config."""
+        del settings_cls
+        return (init_settings,)
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not ID_PATTERN.fullmatch(value):
+            raise ValueError("must be 1 to 64 characters of letters, digits, '.', '_' or '-', like vm-lobby-1")
+        return value
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _split_currency(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _check_currency(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one currency, like usd")
+        for code in value:
+            if not CURRENCY_PATTERN.fullmatch(code):
+                raise ValueError(f"{code!r} is not a lower-case ISO 4217 code, like usd or eur")
+        return value
+
+    def secret_values(self) -> list[str]:
+        """The configured secrets, for the log redactor."""
+        secrets = [self.stripe.api_key.get_secret_value()]
+        if self.mqtt.password is not None:
+            secrets.append(self.mqtt.password.get_secret_value())
+        return [s for s in secrets if s]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Settings plus where each leaf value came from (dotted key → source)."""
+
+    settings: Settings
+    sources: dict[str, Source]
+    config_file: Path | None
+
+
+SECRET_KEYS = frozenset({"stripe.api_key", "mqtt.password"})
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"{dotted}: {part} is a value, not a section"])
+        tree = node
+    tree[leaf] = value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist; pass an existing file with --config"]) from None
+    except PermissionError:
+        raise ConfigError([f"config file {path} cannot be read; give the kiosk user read access"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {path} is not valid TOML ({exc}); fix the syntax"]) from None
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "KIOSK_CONFIG":
+            continue
+        flat[name.removeprefix(ENV_PREFIX).lower().replace("__", ".")] = value
+    return flat
+
+
+def _read_credentials(directory: Path) -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for filename, (section, key) in CREDENTIAL_FILES.items():
+        path = directory / filename
+        try:
+            flat[f"{section}.{key}"] = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError([f"credential {path} cannot be read ({exc.strerror}); check LoadCredential="]) from None
+    return flat
+
+
+def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """`--config`, else `$KIOSK_CONFIG`, else /etc/kiosk/kiosk.toml when present."""
+    if explicit is not None:
+        return Path(explicit)
+    if environ.get("KIOSK_CONFIG"):
+        return Path(environ["KIOSK_CONFIG"])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+_ENV_NAME = {
+    "file": "in the config file",
+    "env": "from the environment",
+    "credential": "from a credential file",
+    "default": "by default",
+}
+
+
+def _describe(error: Mapping[str, Any], sources: Mapping[str, Source]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    origin = sources.get(key)
+    where = f" ({_ENV_NAME[origin]})" if origin and origin != "default" else ""
+    if kind == "missing":
+        hint = {
+            "id": "set id in the config file or KIOSK_ID",
+            "stripe.api_key": "set it with KIOSK_STRIPE__API_KEY or the stripe_api_key credential",
+            "stripe.reader_id": "set it to your reader's id (tmr_…) with KIOSK_STRIPE__READER_ID",
+        }.get(key, f"set {key}")
+        return f"{key}: is required; {hint}"
+    if kind == "extra_forbidden":
+        return f"{key}{where}: is not a setting kiosk knows; check the spelling against kiosk check-config"
+    shown = "" if key in SECRET_KEYS else f"{error.get('input')!r} "
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind in {"greater_than_equal", "less_than_equal", "int_parsing", "float_parsing", "int_from_float"}:
+        message = f"is not allowed: {message[0].lower()}{message[1:]}"
+    elif kind == "literal_error":
+        message = f"is not allowed: {message[0].lower()}{message[1:]}"
+    elif kind.endswith("_type") or kind.endswith("_parsing"):
+        message = f"has the wrong type: {message[0].lower()}{message[1:]}"
+    return f"{key}{where}: {shown}{message}"
+
+
+def load(
+    config: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Loaded:
+    """Read every source, validate, and return the effective settings.
+
+    Raises:
+        ConfigError: with one sentence per invalid or missing setting.
+    """
+    env = os.environ if environ is None else environ
+    path = resolve_config_path(config, env)
+    layers: list[tuple[Source, dict[str, Any]]] = []
+    if path is not None:
+        layers.append(("file", _flatten(_read_file(path))))
+    layers.append(("env", _read_env(env)))
+    if env.get("CREDENTIALS_DIRECTORY"):
+        layers.append(("credential", _read_credentials(Path(env["CREDENTIALS_DIRECTORY"]))))
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for source, flat in layers:
+        for dotted, value in flat.items():
+            _set(merged, dotted, value)
+            sources[dotted] = source
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e, sources) for e in exc.errors()]) from None
+    for dotted in _flatten(settings.model_dump()):
+        sources.setdefault(dotted, "default")
+    return Loaded(settings=settings, sources=sources, config_file=path)
+
+
+def effective(loaded: Loaded) -> list[tuple[str, str, Source]]:
+    """(key, printable value, source) rows, secrets masked."""
+    rows: list[tuple[str, str, Source]] = []
+    for dotted, value in _flatten(loaded.settings.model_dump()).items():
+        if dotted in SECRET_KEYS:
+            shown = "(not set)" if value is None else _mask(value)
+        elif value is None:
+            shown = "(not set)"
+        elif isinstance(value, tuple | list):
+            shown = ", ".join(str(v) for v in value)
+        else:
+            shown = str(value)
+        rows.append((dotted, shown, loaded.sources.get(dotted, "default")))
+    return rows
+
+
+def _mask(value: SecretStr) -> str:
+    secret = value.get_secret_value()
+    match = API_KEY_PATTERN.fullmatch(secret)
+    if match:
+        return f"{match.group(1)}_{match.group(2)}_********"
+    return "********"
