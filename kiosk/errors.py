@@ -40,3 +40,11 @@ class IllegalTransition(KioskError):  # noqa: N818 - mirrors h11's LocalProtocol
         self.state = state
         self.event = event
         super().__init__(f"event {event} is not allowed in state {state}")
+
+
+class JournalError(KioskError):
+    """The journal cannot be read or written: stop, and let systemd restart kiosk.
+
+    Nothing of the failed operation was written (every write is one transaction). A journal
+    written by a newer kiosk (higher schema version) is refused with this error too.
+    """

@@ -1,0 +1,541 @@
+"""The journal: kiosk's durable memory in SQLite, one transaction per decision.
+
+House rules:
+- Every write is ONE transaction (`BEGIN IMMEDIATE` … `COMMIT`) on a WAL database with
+  `synchronous=FULL`: once a method returns, the change survives a power cut; if it raises, none of
+  it was written.
+- The journal does not know the order state machine: it stores the order's state name and the
+  whole serialized core state as JSON text, an append-only list of transitions, and an outbox of
+  MQTT messages that are published after the commit and forgotten once the broker acknowledged them.
+- Calls are synchronous and short; the runner makes them through `asyncio.to_thread`. One
+  connection, shared between threads under a lock.
+- The schema is versioned with `PRAGMA user_version` and only migrates forward; a journal written
+  by a newer kiosk is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+from kiosk.errors import JournalError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+FILENAME = "kiosk.db"
+
+# Each entry migrates from version i to i + 1. Append only; never edit a released step.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE orders (
+        order_id     TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        request_json TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        terminal     INTEGER NOT NULL CHECK (terminal IN (0, 1)),
+        data_json    TEXT NOT NULL,
+        status_seq   INTEGER NOT NULL DEFAULT 0 CHECK (status_seq >= 0),
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    ) STRICT;
+    CREATE INDEX orders_open ON orders (created_at) WHERE terminal = 0;
+    CREATE INDEX orders_updated ON orders (updated_at) WHERE terminal = 1;
+
+    CREATE TABLE transitions (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_id   TEXT NOT NULL REFERENCES orders (order_id),
+        seq        INTEGER NOT NULL CHECK (seq >= 1),
+        from_state TEXT,
+        to_state   TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        at         REAL NOT NULL,
+        UNIQUE (order_id, seq)
+    ) STRICT;
+
+    CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_id   TEXT REFERENCES orders (order_id),
+        topic      TEXT NOT NULL CHECK (topic <> ''),
+        payload    BLOB NOT NULL,
+        retain     INTEGER NOT NULL CHECK (retain IN (0, 1)),
+        expiry_s   INTEGER CHECK (expiry_s IS NULL OR expiry_s > 0),
+        created_at REAL NOT NULL
+    ) STRICT;
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value ANY
+    ) STRICT;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """An order as the journal holds it."""
+
+    order_id: str
+    request_hash: str
+    request_json: str
+    state: str
+    terminal: bool
+    data_json: str
+    status_seq: int
+    created_at: float
+    updated_at: float
+
+    @property
+    def next_status_seq(self) -> int:
+        """The `seq` the next status message of this order must carry."""
+        return self.status_seq + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One recorded step of an order (`from_state` is None for the first)."""
+
+    order_id: str
+    seq: int
+    from_state: str | None
+    to_state: str
+    event: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """An MQTT message to publish once the transaction that produced it is committed.
+
+    `status_seq` marks the order's status message: it must be the order's next status seq (the
+    stored one plus one, or plus two for a second status message in the same save); the journal
+    records it as the order's `status_seq`, so seqs are strictly increasing across restarts.
+    """
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    expiry_s: int | None = None
+    status_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message waiting in the outbox; `id` orders them and is what `mark_sent` takes."""
+
+    id: int
+    order_id: str | None
+    topic: str
+    payload: bytes
+    retain: bool
+    expiry_s: int | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """How far the outbox is behind: for the health message."""
+
+    depth: int
+    oldest_at: float | None
+
+
+_SELECT_ORDERS = (
+    "SELECT order_id, request_hash, request_json, state, terminal, data_json, status_seq,"
+    " created_at, updated_at FROM orders"
+)
+_INSERT_ORDER = (
+    "INSERT INTO orders (order_id, request_hash, request_json, state, terminal, data_json,"
+    " status_seq, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_ORDER = (
+    "UPDATE orders SET request_hash = coalesce(?, request_hash),"
+    " request_json = coalesce(?, request_json), state = ?, terminal = ?, data_json = ?,"
+    " status_seq = ?, updated_at = ? WHERE order_id = ?"
+)
+_APPEND_TRANSITION = (
+    "INSERT INTO transitions (order_id, seq, from_state, to_state, event, at)"
+    " SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM transitions WHERE order_id = ?"
+)
+
+
+def _order(row: sqlite3.Row) -> StoredOrder:
+    return StoredOrder(
+        order_id=row["order_id"],
+        request_hash=row["request_hash"],
+        request_json=row["request_json"],
+        state=row["state"],
+        terminal=bool(row["terminal"]),
+        data_json=row["data_json"],
+        status_seq=row["status_seq"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class Journal:
+    """The SQLite journal. Build with `Journal.open(path)`; close with `close()`.
+
+    `commits` counts committed write transactions (for benchmarks: commits per order).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
+        self._conn = conn
+        self._path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.commits = 0
+
+    @classmethod
+    def in_dir(cls, state_dir: Path, *, clock: Callable[[], float] = time.time) -> Self:
+        """Open `{state_dir}/kiosk.db`, creating the directory if needed."""
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(
+                f"state directory {state_dir} cannot be created ({exc.strerror})"
+            ) from exc
+        return cls.open(state_dir / FILENAME, clock=clock)
+
+    @classmethod
+    def open(cls, path: Path | str, *, clock: Callable[[], float] = time.time) -> Self:
+        """Open (creating or migrating) the journal at `path`.
+
+        Args:
+            path: the database file.
+            clock: wall-clock seconds since the epoch, for the timestamps it records.
+
+        Raises:
+            JournalError: the file cannot be opened, is not a journal, or was written by a newer
+                kiosk.
+        """
+        path = Path(path)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
+            # what the method says it is.
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path} cannot be opened ({exc})") from exc
+        conn.row_factory = sqlite3.Row
+        try:
+            _configure(conn, path)
+            _migrate(conn, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise JournalError(
+                f"journal {path} cannot be used ({exc}); is it a kiosk journal?"
+            ) from exc
+        except JournalError:
+            conn.close()
+            raise
+        return cls(conn, path, clock)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self._path} cannot be read ({exc})") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self._path} cannot start a write ({exc})") from exc
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                # Anything at all, including cancellation of the calling thread's task: undo.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise JournalError(
+                        f"journal {self._path} write failed, nothing written ({exc})"
+                    ) from exc
+                raise
+            self.commits += 1
+
+    # -- orders --------------------------------------------------------------------------------
+
+    def get(self, order_id: str) -> StoredOrder | None:
+        """The order, or None when the journal has never seen it."""
+        with self._read() as conn:
+            row = conn.execute(_SELECT_ORDERS + " WHERE order_id = ?", (order_id,)).fetchone()
+        return None if row is None else _order(row)
+
+    def open_orders(self) -> list[StoredOrder]:
+        """Orders not yet in a terminal state, oldest first: what recovery must settle."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _SELECT_ORDERS + " WHERE terminal = 0 ORDER BY created_at, order_id"
+            ).fetchall()
+        return [_order(row) for row in rows]
+
+    def history(self, order_id: str) -> list[Transition]:
+        """The order's transitions in the order they were recorded."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT order_id, seq, from_state, to_state, event, at FROM transitions"
+                " WHERE order_id = ? ORDER BY seq",
+                (order_id,),
+            ).fetchall()
+        return [Transition(**dict(row)) for row in rows]
+
+    def save(  # noqa: PLR0913 - one transaction takes everything that must be written together
+        self,
+        order_id: str,
+        *,
+        request_hash: str | None = None,
+        request_json: str | None = None,
+        state: str,
+        terminal: bool,
+        data_json: str,
+        transition: tuple[str | None, str, str] | None = None,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """Record the order's new state, its transition and its outbox messages, atomically.
+
+        A new order needs `request_hash` and `request_json`; for an existing one they are kept
+        unless given (a retryable rejection's order id may be considered afresh).
+
+        Args:
+            order_id: the order.
+            request_hash: digest of the canonical request, to tell duplicates from conflicts.
+            request_json: the request as accepted.
+            state: the order's state name after this step.
+            terminal: whether that state is final.
+            data_json: the whole serialized core state (keys of operations in flight included).
+            transition: (from_state, to_state, event) to append to the order's history.
+            outbox: messages to publish after the commit; the order's status messages carry
+                `status_seq`.
+
+        Returns:
+            The order's status seq after the save.
+
+        Raises:
+            JournalError: nothing was written (a constraint, a status seq out of order, a new
+                order without its request, or the disk).
+        """
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status_seq FROM orders WHERE order_id = ?", (order_id,)
+            ).fetchone()
+            if row is None:
+                if request_hash is None or request_json is None:
+                    raise JournalError(
+                        f"order {order_id} is new: save needs its request_hash and request_json"
+                    )
+                status_seq = 0
+            else:
+                status_seq = row["status_seq"]
+            for message in outbox:
+                if message.status_seq is None:
+                    continue
+                if message.status_seq != status_seq + 1:
+                    raise JournalError(
+                        f"order {order_id} status seq {message.status_seq} out of order;"
+                        f" expected {status_seq + 1}; nothing written"
+                    )
+                status_seq = message.status_seq
+            if row is None:
+                conn.execute(
+                    _INSERT_ORDER,
+                    (
+                        order_id,
+                        request_hash,
+                        request_json,
+                        state,
+                        int(terminal),
+                        data_json,
+                        status_seq,
+                        now,
+                        now,
+                    ),
+                )
+            else:
+                conn.execute(
+                    _UPDATE_ORDER,
+                    (
+                        request_hash,
+                        request_json,
+                        state,
+                        int(terminal),
+                        data_json,
+                        status_seq,
+                        now,
+                        order_id,
+                    ),
+                )
+            if transition is not None:
+                from_state, to_state, event = transition
+                conn.execute(
+                    _APPEND_TRANSITION,
+                    (order_id, from_state, to_state, event, now, order_id),
+                )
+            self._enqueue(conn, order_id, outbox, now)
+        return status_seq
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        """Queue messages that belong to no order (daemon state, fleet events), atomically."""
+        if any(m.status_seq is not None for m in messages):
+            raise JournalError("a status message belongs to an order: queue it with save")
+        with self._write() as conn:
+            return self._enqueue(conn, None, messages, self._clock())
+
+    @staticmethod
+    def _enqueue(
+        conn: sqlite3.Connection,
+        order_id: str | None,
+        messages: Iterable[OutboxMessage],
+        now: float,
+    ) -> list[int]:
+        ids = []
+        for m in messages:
+            cursor = conn.execute(
+                "INSERT INTO outbox (order_id, topic, payload, retain, expiry_s, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (order_id, m.topic, m.payload, int(m.retain), m.expiry_s, now),
+            )
+            ids.append(int(cursor.lastrowid or 0))
+        return ids
+
+    def pending_outbox(self, limit: int = 100) -> list[OutboxRow]:
+        """Messages not yet acknowledged by the broker, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, order_id, topic, payload, retain, expiry_s, created_at FROM outbox"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            OutboxRow(
+                id=row["id"],
+                order_id=row["order_id"],
+                topic=row["topic"],
+                payload=bytes(row["payload"]),
+                retain=bool(row["retain"]),
+                expiry_s=row["expiry_s"],
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
+    def mark_sent(self, ids: Iterable[int]) -> None:
+        """Forget these outbox rows: the broker acknowledged them (unknown ids are ignored)."""
+        batch = [(i,) for i in ids]
+        if not batch:
+            return
+        with self._write() as conn:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", batch)
+
+    def outbox_stats(self) -> OutboxStats:
+        """Depth of the outbox and when its oldest message was queued."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS depth, min(created_at) AS oldest FROM outbox"
+            ).fetchone()
+        return OutboxStats(depth=row["depth"], oldest_at=row["oldest"])
+
+    # -- counters and metadata -----------------------------------------------------------------
+
+    def next_value(self, name: str) -> int:
+        """Increment the durable counter `name` and return its new value (1 the first time)."""
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, 1)"
+                " ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+                (f"counter.{name}",),
+            ).fetchone()
+        return int(row[0])
+
+    def get_meta(self, key: str) -> str | None:
+        """A stored metadata value (e.g. the applied fleet config version), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"meta.{key}",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a metadata value durably."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"meta.{key}", value),
+            )
+
+    # -- health --------------------------------------------------------------------------------
+
+    def recent(self, since_ts: float) -> dict[str, int]:
+        """Terminal orders last updated at or after `since_ts`, counted by final state."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT state, count(*) AS n FROM orders"
+                " WHERE terminal = 1 AND updated_at >= ? GROUP BY state",
+                (since_ts,),
+            ).fetchall()
+        return {row["state"]: row["n"] for row in rows}
+
+    def open_count(self) -> int:
+        """How many orders are not yet terminal."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM orders WHERE terminal = 0").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        """SQLite's `PRAGMA integrity_check` answer: "ok" when the file is sound."""
+        with self._read() as conn:
+            return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise JournalError(f"journal {path} cannot use WAL mode (got {mode}); use a local disk")
+    # FULL: a commit is on the disk before save() returns; NORMAL would lose the last commits
+    # in a power cut, and the broker would already have been told about them.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path} has schema version {version}, newer than this kiosk's"
+            f" {SCHEMA_VERSION}: it was written by a newer kiosk;"
+            " run that version again or move the file away"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript commits first and runs its own statements; wrapping the step and the
+        # version bump in one explicit transaction keeps a half-migrated file impossible.
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]}\nPRAGMA user_version = {target};\nCOMMIT;"
+        )
