@@ -13,8 +13,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
-from kiosk import __version__
+from kiosk import __version__, logs
 from kiosk.errors import ConfigError, KioskError, UsageError
+from kiosk.logs import REDACTOR
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -31,19 +32,26 @@ def _cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     from kiosk import settings  # noqa: PLC0415 - each command imports what it needs
 
     loaded = settings.load(args.config)
+    REDACTOR.add(loaded.settings.secret_values())
     source = loaded.config_file or "(none: environment and defaults only)"
     print(f"# kiosk {__version__}: configuration is valid", file=out)
     print(f"# config file: {source}", file=out)
     rows = settings.effective(loaded)
     width = max(len(key) for key, _, _ in rows)
     for key, value, origin in rows:
+        shown = value
         if key == "stripe.api_version" and value == "(not set)":
-            value = "(the stripe library's pinned version)"
-        print(f"{key:<{width}}  {value}  [{origin}]", file=out)
+            shown = "(the stripe library's pinned version)"
+        print(f"{key:<{width}}  {shown}  [{origin}]", file=out)
     return EX_OK
 
 
 Command = Callable[[argparse.Namespace, TextIO], int]
+
+
+def _print_traceback(err: TextIO) -> None:
+    # Tracebacks quote exception messages and source lines: secrets are removed from them too.
+    print(REDACTOR.scrub(traceback.format_exc()).rstrip(), file=err)
 
 
 def _parser() -> tuple[_Parser, dict[str, Command]]:
@@ -54,38 +62,51 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
     commands: dict[str, Command] = {}
 
     check = sub.add_parser("check-config", help="validate and print the effective configuration")
-    check.add_argument("--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)")
+    check.add_argument(
+        "--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)"
+    )
     commands["check-config"] = _cmd_check_config
 
     return parser, commands
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def _dispatch(argv: Sequence[str] | None, out: TextIO) -> int:
+    parser, commands = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version: argparse has printed and wants out
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
+    if args.command is None:
+        parser.print_help(out)
+        return EX_USAGE
+    return commands[args.command](args, out)
+
+
+def main(
+    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     """Run the command line; returns the exit code."""
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
-    parser, commands = _parser()
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    # Once per process, here: every command logs through it, secrets filtered.
+    logs.configure(level="debug" if debug else "info", stream=stderr)
     try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help(stdout)
-            return EX_USAGE
-        return commands[args.command](args, stdout)
+        return _dispatch(argv, stdout)
     except UsageError as exc:
         print(f"kiosk: {exc}", file=stderr)
         return EX_USAGE
     except ConfigError as exc:
+        if debug:
+            _print_traceback(stderr)
         for problem in exc.problems:
-            print(f"kiosk: configuration error: {problem}", file=stderr)
+            print(f"kiosk: configuration error: {REDACTOR.scrub(problem)}", file=stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the top of the program: one sentence, not a traceback
         if debug:
-            traceback.print_exc(file=stderr)
-        from kiosk.logs import REDACTOR  # noqa: PLC0415
-
+            _print_traceback(stderr)
         kind = "" if isinstance(exc, KioskError) else f"{type(exc).__name__}: "
         print(f"kiosk: {kind}{REDACTOR.scrub(str(exc))}", file=stderr)
         if not debug:

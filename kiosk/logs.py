@@ -2,7 +2,8 @@
 
 Configured once, in `main()`. Events are named `component.fact` with data as key-value pairs.
 The standard library's loggers (stripe, httpx, aiomqtt) are routed through the same processors, so
-the secret filter sees everything that reaches the output.
+the secret filter sees everything that reaches the output: event fields, nested values, exception
+messages and tracebacks.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any, TextIO
 
 import structlog
 
-# Stripe secret and restricted keys (live and test) and webhook signing secrets.
-SECRET_PATTERN = re.compile(r"\b(?:(?:sk|rk)_(?:live|test)|whsec)_[A-Za-z0-9]+")
+# Stripe secret and restricted keys (live and test) and webhook signing secrets. No `\b` in front:
+# `_` is a word character, and `api_key_sk_live_…` must not slip through.
+SECRET_PATTERN = re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)|whsec)_[A-Za-z0-9]+")
 REDACTED = "[REDACTED]"
+# Shorter configured secrets are not replaced: that would garble ordinary words in every line.
+MIN_SECRET_LENGTH = 4
 
 
 class Redactor:
@@ -28,8 +32,14 @@ class Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Also remove these literal values (the configured secrets), longest first."""
-        self._secrets = sorted({*self._secrets, *(s for s in secrets if len(s) >= 4)}, key=len, reverse=True)
+        """Also remove these literal values (the configured secrets)."""
+        known = {*self._secrets, *(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)}
+        # Longest first, so a secret containing another is removed whole.
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def reset(self) -> None:
+        """Forget the configured secrets (the patterns stay)."""
+        self._secrets = []
 
     def scrub(self, text: str) -> str:
         """The text with every secret replaced by [REDACTED]."""
@@ -41,27 +51,35 @@ class Redactor:
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.scrub(value)
+        if isinstance(value, bool | int | float) or value is None:
+            return value
         if isinstance(value, Mapping):
-            return {k: self._clean(v) for k, v in value.items()}
+            return {self._clean(k): self._clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [self._clean(v) for v in value]
-        if isinstance(value, int | float | bool) or value is None:
-            return value
-        return self.scrub(repr(value) if isinstance(value, BaseException) else str(value))
+        # Anything else (exceptions, bytes, objects) is rendered to text here, so the renderer
+        # never calls a repr() the redactor did not see.
+        return self.scrub(repr(value) if isinstance(value, BaseException | bytes) else str(value))
 
-    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         """Process one event."""
         for key, value in list(event_dict.items()):
-            event_dict[key] = self._clean(value)
+            if key not in _PROCESSOR_META:
+                event_dict[key] = self._clean(value)
         return event_dict
 
 
+# Keys structlog's ProcessorFormatter uses for its own bookkeeping (the LogRecord itself); they
+# are removed before rendering and must stay objects until then.
+_PROCESSOR_META = frozenset({"_record", "_from_structlog"})
+
 REDACTOR = Redactor()
 
-
-def _render_exceptions_first() -> list[Any]:
-    # Exceptions become text before the redactor runs, so their messages are scrubbed too.
-    return [structlog.processors.dict_tracebacks]
+# The handler `configure` installed on the root logger, so a second call replaces it and leaves
+# handlers others installed (pytest's log capture) alone.
+_handler: logging.Handler | None = None
 
 
 def configure(
@@ -71,7 +89,9 @@ def configure(
     stream: TextIO | None = None,
     secrets: Iterable[str] = (),
 ) -> None:
-    """Set up structlog and the standard library's logging once for the whole process.
+    """Set up structlog and the standard library's logging for the whole process.
+
+    Calling it again replaces the previous set-up (tests do); configured secrets accumulate.
 
     Args:
         level: the lowest level shown.
@@ -79,29 +99,35 @@ def configure(
         stream: where logs go (stderr by default).
         secrets: configured secret values to remove from every event.
     """
+    global _handler  # noqa: PLW0603 - logging is process-wide by nature
     out = stream if stream is not None else sys.stderr
     use_json = (not out.isatty()) if json is None else json
     REDACTOR.add(secrets)
-    shared: list[Any] = [
+    stamp: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any
-    if use_json:
-        shared += [*_render_exceptions_first(), REDACTOR]
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        # The console renderer formats tracebacks itself; render them to text first so they are scrubbed.
-        shared += [structlog.processors.format_exc_info, REDACTOR]
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    # Exceptions become text (or a dict of text) before the redactor runs, so their messages and
+    # tracebacks are scrubbed too. No locals: they would put arbitrary values into the journal.
+    render_exc: Any = (
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        if use_json
+        else structlog.processors.format_exc_info
+    )
+    scrub: list[Any] = [render_exc, REDACTOR]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
 
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*stamp, *scrub, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
@@ -109,16 +135,33 @@ def configure(
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared[:3], structlog.stdlib.ExtraAdder(), *shared[3:]],
+            # Records from the standard library (stripe, httpx, aiomqtt) get the same treatment.
+            foreign_pre_chain=[*stamp, structlog.stdlib.ExtraAdder(), *scrub],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    _handler = handler
     root.setLevel(numeric)
     # Libraries speak at INFO about every request; kiosk logs what matters itself.
     for noisy in ("httpx", "httpcore", "stripe"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+def reset() -> None:
+    """Undo `configure`: structlog's defaults, no kiosk handler, no configured secrets."""
+    global _handler  # noqa: PLW0603
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler = None
+    for noisy in ("httpx", "httpcore", "stripe"):
+        logging.getLogger(noisy).setLevel(logging.NOTSET)
+    logging.getLogger().setLevel(logging.WARNING)
+    structlog.reset_defaults()
+    REDACTOR.reset()
 
 
 def get(name: str) -> Any:

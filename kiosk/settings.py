@@ -6,10 +6,11 @@ and every invalid value is reported as one sentence that names the key and how t
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,10 +74,14 @@ class MqttSettings(_Section):
         parts = urlsplit(value)
         if parts.scheme == "unix":
             if not parts.path.startswith("/"):
-                raise ValueError("a unix socket URL needs an absolute path, like unix:///run/mosquitto/mosquitto.sock")
+                raise ValueError(
+                    "a unix socket URL needs an absolute path, like unix:///run/mosquitto/mosquitto.sock"
+                )
             return value
         if parts.scheme not in {"mqtt", "mqtts"}:
-            raise ValueError("must start with mqtt://, mqtts:// or unix://, like mqtt://127.0.0.1:1883")
+            raise ValueError(
+                "must start with mqtt://, mqtts:// or unix://, like mqtt://127.0.0.1:1883"
+            )
         try:
             port = parts.port
         except ValueError:
@@ -92,8 +97,15 @@ class MqttSettings(_Section):
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "#+\0"):
-            raise ValueError("must be topic levels without wildcards or a leading or trailing /, like vend/v1")
+        if (
+            not value
+            or value.startswith("/")
+            or value.endswith("/")
+            or any(c in value for c in "#+\0")
+        ):
+            raise ValueError(
+                "must be topic levels without wildcards or a leading or trailing /, like vend/v1"
+            )
         return value
 
     @property
@@ -132,7 +144,8 @@ class StripeSettings(_Section):
     def _check_key(cls, value: SecretStr) -> SecretStr:
         if not API_KEY_PATTERN.fullmatch(value.get_secret_value()):
             raise ValueError(
-                "is not a Stripe secret or restricted key; it looks like sk_live_…, sk_test_…, rk_live_… or rk_test_…"
+                "is not a Stripe secret or restricted key; it looks like sk_live_…, sk_test_…,"
+                " rk_live_… or rk_test_… (a publishable pk_ key cannot take payments)"
             )
         return value
 
@@ -148,7 +161,9 @@ class StripeSettings(_Section):
     @classmethod
     def _check_version(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?", value):
-            raise ValueError("is not a Stripe API version; it looks like 2026-09-30.endive or 2023-08-16")
+            raise ValueError(
+                "is not a Stripe API version; it looks like 2026-09-30.endive or 2023-08-16"
+            )
         return value
 
     @field_validator("reader_id")
@@ -189,8 +204,10 @@ class FleetSettings(_Section):
     releases_dir: Path = Path("/opt/kiosk/releases")
 
 
-def _default_state_dir() -> Path:
-    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/kiosk").split(":")[0])
+def _default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    # systemd's StateDirectory= may list several directories, separated by colons: ours is first.
+    return Path((env.get("STATE_DIRECTORY") or "/var/lib/kiosk").split(":")[0])
 
 
 class Settings(BaseSettings):
@@ -224,7 +241,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_id(cls, value: str) -> str:
         if not ID_PATTERN.fullmatch(value):
-            raise ValueError("must be 1 to 64 characters of letters, digits, '.', '_' or '-', like vm-lobby-1")
+            raise ValueError(
+                "must be 1 to 64 characters of letters, digits, '.', '_' or '-', like vm-lobby-1"
+            )
         return value
 
     @field_validator("currency", mode="before")
@@ -290,11 +309,19 @@ def _read_file(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError([f"config file {path} does not exist; pass an existing file with --config"]) from None
+        problem = f"config file {path} does not exist; pass an existing file with --config"
     except PermissionError:
-        raise ConfigError([f"config file {path} cannot be read; give the kiosk user read access"]) from None
+        problem = f"config file {path} cannot be read; give the kiosk user read access"
+    except IsADirectoryError:
+        problem = f"config file {path} is a directory; pass the TOML file itself with --config"
+    except OSError as exc:
+        problem = f"config file {path} cannot be read ({exc.strerror}); check the file"
+    except UnicodeDecodeError:
+        problem = f"config file {path} is not UTF-8 text; save it as UTF-8 TOML"
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"config file {path} is not valid TOML ({exc}); fix the syntax"]) from None
+        # tomllib's message names the line and column, never the text there.
+        problem = f"config file {path} is not valid TOML ({exc}); fix the syntax there"
+    raise ConfigError([problem])
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -315,7 +342,9 @@ def _read_credentials(directory: Path) -> dict[str, str]:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise ConfigError([f"credential {path} cannot be read ({exc.strerror}); check LoadCredential="]) from None
+            raise ConfigError(
+                [f"credential {path} cannot be read ({exc.strerror}); check LoadCredential="]
+            ) from None
     return flat
 
 
@@ -328,37 +357,83 @@ def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str])
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
-_ENV_NAME = {
-    "file": "in the config file",
-    "env": "from the environment",
-    "credential": "from a credential file",
-    "default": "by default",
+def env_name(dotted: str) -> str:
+    """The environment variable that sets a dotted key (`mqtt.url` → `KIOSK_MQTT__URL`)."""
+    return ENV_PREFIX + dotted.upper().replace(".", "__")
+
+
+_MISSING_HINT = {
+    "id": "set id in the config file or KIOSK_ID, like vm-lobby-1",
+    "stripe.api_key": "set it with KIOSK_STRIPE__API_KEY or the stripe_api_key credential",
+    "stripe.reader_id": (
+        "set it to your reader's id (tmr_…) in the config file or KIOSK_STRIPE__READER_ID"
+    ),
 }
 
 
-def _describe(error: Mapping[str, Any], sources: Mapping[str, Source]) -> str:
+def _origin(key: str, sources: Mapping[str, Source]) -> str:
+    """Where a key's value came from, for the error sentence ("" for defaults)."""
+    origin = sources.get(key)
+    if origin is None:
+        # An unknown section: the values under it tell where it came from.
+        below = [v for k, v in sources.items() if k.startswith(f"{key}.")]
+        origin = below[0] if below else None
+    if origin == "file":
+        return " (in the config file)"
+    if origin == "env":
+        below_keys = [k for k in sources if k == key or k.startswith(f"{key}.")]
+        return f" (from {env_name(below_keys[0] if below_keys else key)})"
+    if origin == "credential":
+        return " (from a credential file)"
+    return ""
+
+
+def _known_keys() -> list[str]:
+    keys: list[str] = []
+    for name, field in Settings.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            keys += [f"{name}.{sub}" for sub in model.model_fields]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _describe(
+    error: Mapping[str, Any], sources: Mapping[str, Source], scrub: Callable[[str], str]
+) -> str:
+    """One sentence for one pydantic error: the key, where it came from, what is wrong, the fix."""
     key = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
-    origin = sources.get(key)
-    where = f" ({_ENV_NAME[origin]})" if origin and origin != "default" else ""
+    where = _origin(key, sources)
     if kind == "missing":
-        hint = {
-            "id": "set id in the config file or KIOSK_ID",
-            "stripe.api_key": "set it with KIOSK_STRIPE__API_KEY or the stripe_api_key credential",
-            "stripe.reader_id": "set it to your reader's id (tmr_…) with KIOSK_STRIPE__READER_ID",
-        }.get(key, f"set {key}")
-        return f"{key}: is required; {hint}"
+        return f"{key}: is required; {_MISSING_HINT.get(key, f'set {key}')}"
     if kind == "extra_forbidden":
-        return f"{key}{where}: is not a setting kiosk knows; check the spelling against kiosk check-config"
-    shown = "" if key in SECRET_KEYS else f"{error.get('input')!r} "
+        close = difflib.get_close_matches(key, _known_keys(), n=1)
+        hint = f"did you mean {close[0]}?" if close else "see config/kiosk.toml for every setting"
+        return f"{key}{where}: is not a setting kiosk knows; {hint}"
+    # The offending value helps the operator, unless it is (or might be) a secret.
+    shown = "" if key in SECRET_KEYS else f"{scrub(repr(error.get('input')))} "
     message = str(error["msg"]).removeprefix("Value error, ")
-    if kind in {"greater_than_equal", "less_than_equal", "int_parsing", "float_parsing", "int_from_float"}:
+    if kind in {"greater_than_equal", "less_than_equal", "literal_error"} or kind.endswith(
+        "_parsing"
+    ):
         message = f"is not allowed: {message[0].lower()}{message[1:]}"
-    elif kind == "literal_error":
-        message = f"is not allowed: {message[0].lower()}{message[1:]}"
-    elif kind.endswith("_type") or kind.endswith("_parsing"):
+    elif kind.endswith("_type") or kind == "int_from_float":
         message = f"has the wrong type: {message[0].lower()}{message[1:]}"
+    elif kind != "value_error":
+        message = message[0].lower() + message[1:]
+    elif key == "currency":
+        shown = ""  # the validator names the offending code itself
     return f"{key}{where}: {shown}{message}"
+
+
+def _secret_scrubber(merged: Mapping[str, Any]) -> Callable[[str], str]:
+    """Removes Stripe-looking keys and every configured secret value from a message."""
+    from kiosk.logs import Redactor  # noqa: PLC0415 - logs imports nothing from here; keep it so
+
+    flat = _flatten(merged)
+    return Redactor(str(flat[k]) for k in SECRET_KEYS if flat.get(k)).scrub
 
 
 def load(
@@ -380,16 +455,21 @@ def load(
     if env.get("CREDENTIALS_DIRECTORY"):
         layers.append(("credential", _read_credentials(Path(env["CREDENTIALS_DIRECTORY"]))))
 
-    merged: dict[str, Any] = {}
+    # Sections with required keys exist, so a missing one is reported key by key.
+    merged: dict[str, Any] = {"stripe": {}}
     sources: dict[str, Source] = {}
     for source, flat in layers:
         for dotted, value in flat.items():
             _set(merged, dotted, value)
             sources[dotted] = source
+    if "state_dir" not in merged:
+        merged["state_dir"] = _default_state_dir(env)
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError([_describe(e, sources) for e in exc.errors()]) from None
+        scrub = _secret_scrubber(merged)
+        # `from None`: pydantic's error repeats the input values, secrets included.
+        raise ConfigError([_describe(e, sources, scrub) for e in exc.errors()]) from None
     for dotted in _flatten(settings.model_dump()):
         sources.setdefault(dotted, "default")
     return Loaded(settings=settings, sources=sources, config_file=path)
@@ -403,6 +483,8 @@ def effective(loaded: Loaded) -> list[tuple[str, str, Source]]:
             shown = "(not set)" if value is None else _mask(value)
         elif value is None:
             shown = "(not set)"
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"  # as TOML and the environment spell it
         elif isinstance(value, tuple | list):
             shown = ", ".join(str(v) for v in value)
         else:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from kiosk import logs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logs.get("systemd")
 
@@ -28,6 +31,7 @@ class Notifier:
             self._address = address
         self._watchdog_usec = _watchdog_usec(env)
         self._sock: socket.socket | None = None
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -46,19 +50,26 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(fields).encode(), self._address)
+            # A status text is free-form; an unencodable character must not cost the message.
+            self._sock.sendto("\n".join(fields).encode(errors="replace"), self._address)
         except OSError as exc:
-            log.warning("systemd.notify_failed", error=str(exc), fields=list(fields))
+            # Once per outage: a watchdog ping every few seconds must not flood the journal.
+            if not self._failing:
+                log.warning("systemd.notify_failed", error=str(exc), fields=list(fields))
+            self._failing = True
             return False
+        if self._failing:
+            log.info("systemd.notify_recovered")
+        self._failing = False
         return True
 
     def ready(self, status: str | None = None) -> bool:
         """Tell systemd that start-up is done."""
-        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *_status(status))
 
     def status(self, text: str) -> bool:
         """Free-form status shown by `systemctl status`."""
-        return self.notify(f"STATUS={text}")
+        return self.notify(*_status(text))
 
     def watchdog(self) -> bool:
         """Feed the watchdog."""
@@ -66,13 +77,18 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> bool:
         """Tell systemd that shutdown has begun."""
-        return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
+        return self.notify("STOPPING=1", *_status(status))
 
     def close(self) -> None:
         """Release the socket."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _status(text: str | None) -> list[str]:
+    # One line: a newline would start another field of the message (a forged READY=1, say).
+    return [f"STATUS={' '.join(text.splitlines())}"] if text else []
 
 
 def _watchdog_usec(env: Mapping[str, str]) -> int | None:
