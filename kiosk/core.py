@@ -1,0 +1,827 @@
+"""The order state machine: events in, Stripe calls out, time passed in as a value.
+
+House rules of the machine (they are the money-safety invariants of design.md, made local):
+- One call in flight per order. Its idempotency key is part of the order data the runner saves
+  *before* making the call, so a restart finds the key and re-sends the same request.
+- An unknown outcome (timeout, connection error, 5xx, restart) is resolved by reading: the next
+  call is a read of the PaymentIntent or the reader, never a second create. A create whose
+  outcome is unknown is re-sent with the same key, which Stripe answers with the first response.
+- `approved` only after the PaymentIntent was seen in `requires_capture`; capture only after a
+  recorded `success`/`partial` vend result, for at most what was authorised.
+- An order that ends without a capture ends only after its PaymentIntent was seen canceled (or
+  never existed), except when a step's time budget ran out: then it ends `failed` and the
+  reconciler releases the hold.
+- Everything is a pure function of (order data, event, now). No I/O, no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kiosk.errors import IllegalTransition
+from kiosk.model import (
+    Abandon,
+    ActionView,
+    Call,
+    CallFailed,
+    CallSucceeded,
+    CancelRequested,
+    Card,
+    Event,
+    Failure,
+    Goal,
+    IntentView,
+    Item,
+    Op,
+    OrderData,
+    Policy,
+    ReaderView,
+    Reason,
+    Restarted,
+    State,
+    VendReported,
+    Wait,
+)
+
+READER_OPS = frozenset({Op.DISPLAY, Op.PROCESS, Op.COLLECT, Op.CONFIRM, Op.CANCEL_ACTION})
+PAYMENT_ACTIONS = frozenset({"process_payment_intent", "collect_payment_method", "confirm_payment_intent"})
+# States in which the reader may be running this order's payment action.
+ON_READER = frozenset({State.RECEIVED, State.AWAITING_CARD, State.PROCESSING, State.DECLINED})
+COLLECT_WINDOW_S = 30.0
+
+# Short texts a customer can read on the machine's screen, by Stripe decline or error code.
+DECLINE_MESSAGES = {
+    "insufficient_funds": "Insufficient funds. Please try another card.",
+    "lost_card": "This card cannot be used. Please try another card.",
+    "stolen_card": "This card cannot be used. Please try another card.",
+    "expired_card": "This card has expired. Please try another card.",
+    "incorrect_pin": "Incorrect PIN. Please try again.",
+    "pin_try_exceeded": "Too many PIN attempts. Please try another card.",
+    "online_or_offline_pin_required": "Please insert your card and enter your PIN.",
+    "offline_pin_required": "Please insert your card and enter your PIN.",
+    "withdrawal_count_limit_exceeded": "Card limit reached. Please try another card.",
+    "call_issuer": "Card declined. Please contact your bank or try another card.",
+    "processing_error": "The card could not be processed. Please try again.",
+    "generic_decline": "Card declined. Please try another card.",
+    "card_declined": "Card declined. Please try another card.",
+    "card_not_accepted": "This card is not accepted here. Please try another card.",
+}
+
+
+# --- Creating an order -------------------------------------------------------------------------
+
+
+def new_order(  # noqa: PLR0913 - an order is made of these
+    *,
+    order_id: str,
+    amount: int,
+    currency: str,
+    policy: Policy,
+    now: float,
+    items: tuple[Item, ...] = (),
+    expires_at: float | None = None,
+    message_id: str | None = None,
+) -> OrderData:
+    """A freshly received order (journal it, then publish `received`)."""
+    return OrderData(
+        order_id=order_id,
+        amount=amount,
+        currency=currency,
+        policy=policy,
+        created_at=now,
+        items=items,
+        expires_at=expires_at,
+        in_reply_to=message_id,
+        status_seq=1,
+        step_since=now,
+    )
+
+
+def expired_order(  # noqa: PLR0913
+    *,
+    order_id: str,
+    amount: int,
+    currency: str,
+    policy: Policy,
+    now: float,
+    items: tuple[Item, ...] = (),
+    expires_at: float | None = None,
+    message_id: str | None = None,
+) -> OrderData:
+    """An order whose `expires_at` had passed when it arrived: canceled before anything began."""
+    order = new_order(
+        order_id=order_id,
+        amount=amount,
+        currency=currency,
+        policy=policy,
+        now=now,
+        items=items,
+        expires_at=expires_at,
+        message_id=message_id,
+    )
+    return replace(
+        order,
+        state=State.CANCELED,
+        reason=Reason("order_expired", "The order expired before payment began."),
+    )
+
+
+def idempotency_key(order: OrderData, op: Op) -> str:
+    """The key of the current attempt of `op`: (kiosk id, order id, operation, attempt)."""
+    return f"kiosk:{order.policy.kiosk_id}:{order.order_id}:{op.value}:{order.attempts.get(op.value, 1)}"
+
+
+# --- Deciding the next call --------------------------------------------------------------------
+
+
+def plan(order: OrderData, now: float) -> tuple[OrderData, Call | Wait | None]:
+    """Apply the passage of time, then say what to do next.
+
+    Returns the (possibly changed) order and one of: a `Call` to make now (the order returned
+    already records it as in flight with its key: save it before calling), a `Wait`, or None when
+    the order has ended.
+    """
+    order = _apply_time(order, now)
+    if order.terminal:
+        return order, None
+    if order.inflight is not None:
+        return order, Wait(None)
+    if order.retry_at is not None and now < order.retry_at:
+        return order, Wait(order.retry_at)
+    call = _next_call(order, now)
+    if isinstance(call, Wait):
+        return order, call
+    if call.op.mutating:
+        call = replace(call, key=idempotency_key(order, call.op))
+    return replace(order, inflight=call, retry_at=None), call
+
+
+def _next_call(order: OrderData, now: float) -> Call | Wait:  # noqa: PLR0911 - one branch per state
+    if order.pending_read is not None:
+        return Call(order.pending_read)
+    if order.retry_op is not None:
+        return _call_for(order, order.retry_op)
+    if order.goal is not None:
+        return _wind_down(order)
+    match order.state:
+        case State.RECEIVED:
+            if order.intent_id is None:
+                return Call(Op.CREATE)
+            if order.items and not order.displayed:
+                return Call(Op.DISPLAY)
+            return _start_payment(order)
+        case State.DECLINED:
+            return _start_payment(order)
+        case State.AWAITING_CARD:
+            if order.collected:
+                return Call(Op.CONFIRM)
+            return _poll(order, now, Op.READ_READER, order.card_deadline)
+        case State.PROCESSING:
+            return _poll(order, now, Op.READ_READER if _collect_flow(order) else Op.READ_INTENT, None)
+        case State.APPROVED:
+            return Wait(order.vend_deadline)
+        case State.CAPTURING:
+            return _call_for(order, Op.CAPTURE)
+    raise IllegalTransition(order.state, "plan")  # pragma: no cover - terminal states return above
+
+
+def _collect_flow(order: OrderData) -> bool:
+    return order.policy.flow == "collect_confirm"
+
+
+def _start_payment(order: OrderData) -> Call:
+    return Call(Op.COLLECT if _collect_flow(order) else Op.PROCESS)
+
+
+def _poll(order: OrderData, now: float, op: Op, deadline: float | None) -> Call | Wait:
+    if order.next_poll_at is None or now >= order.next_poll_at:
+        return Call(op)
+    return Wait(order.next_poll_at if deadline is None else min(order.next_poll_at, deadline))
+
+
+def _call_for(order: OrderData, op: Op) -> Call:
+    if op is Op.CAPTURE:
+        amount = order.vend_amount if order.vend_result == "partial" else None
+        return Call(Op.CAPTURE, amount=amount)
+    if op is Op.CANCEL:
+        return Call(Op.CANCEL, reason=order.goal.stripe_reason if order.goal else "abandoned")
+    return Call(op)
+
+
+def _wind_down(order: OrderData) -> Call:
+    assert order.goal is not None  # noqa: S101 - the caller checked
+    if order.state in ON_READER and not order.action_cleared:
+        # Compare before cancel: cancel_action only when the reader's action is this order's.
+        return Call(Op.READ_READER)
+    return _call_for(order, Op.CANCEL)
+
+
+# --- Time ---------------------------------------------------------------------------------------
+
+
+def _apply_time(order: OrderData, now: float) -> OrderData:
+    if order.terminal:
+        return order
+    policy = order.policy
+    if order.goal is None:
+        if order.state is State.RECEIVED and order.expires_at is not None and now >= order.expires_at:
+            order = _begin_goal(
+                order,
+                Goal(State.CANCELED, "order_expired", "The order expired before payment began."),
+                now,
+            )
+        elif order.state is State.AWAITING_CARD and order.card_deadline is not None and now >= order.card_deadline:
+            order = _begin_goal(
+                order,
+                Goal(
+                    State.CANCELED,
+                    "card_timeout",
+                    "No card was presented in time.",
+                    honor_authorisation=True,
+                ),
+                now,
+            )
+        elif order.state is State.APPROVED and order.vend_deadline is not None and now >= order.vend_deadline:
+            order = _begin_goal(
+                order,
+                Goal(State.CANCELED, "vend_result_timeout", "The machine did not confirm the vend."),
+                now,
+            )
+        elif (
+            order.collected
+            and order.collected_at is not None
+            and now >= order.collected_at + COLLECT_WINDOW_S - 5
+            and order.inflight is None
+        ):
+            order = _begin_goal(
+                order,
+                Goal(
+                    State.CANCELED,
+                    "confirm_window_missed",
+                    "The payment could not be confirmed in time.",
+                ),
+                now,
+            )
+    # A step that keeps failing ends the order, except captures and releases: those are money
+    # already moving and keep being retried (the reconciler is the backstop for releases).
+    if (
+        order.tries > 0
+        and now - order.step_since > policy.step_budget_s
+        and order.state not in {State.CAPTURING}
+        and order.goal is None
+    ):
+        order = _begin_goal(
+            order,
+            Goal(
+                State.FAILED,
+                "payments_unavailable",
+                "Payments are unavailable right now.",
+                retryable=False,
+            ),
+            now,
+        )
+    elif (
+        order.goal is not None
+        and order.tries > 0
+        and now - order.step_since > policy.step_budget_s * 4
+        and order.inflight is None
+    ):
+        # Releasing the hold keeps failing: tell the controller now; the reconciler finishes it.
+        order = _finish(order, State.FAILED, Reason("release_pending", "The payment is being released.", False))
+    return order
+
+
+# --- Handling events ----------------------------------------------------------------------------
+
+
+def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reason | None]:
+    """Apply one event. Returns the new order and, for a controller message that cannot be applied, the reason to reject it with.
+
+    Raises:
+        IllegalTransition: a call result for a call that is not in flight (a bug in the caller).
+    """
+    before = order
+    reply: Reason | None = None
+    match event:
+        case CallSucceeded() | CallFailed():
+            if order.inflight != event.call:
+                raise IllegalTransition(order.state, f"result of {event.call.op} with {order.inflight} in flight")
+            order = replace(order, inflight=None)
+            order = _succeeded(order, event, now) if isinstance(event, CallSucceeded) else _failed(order, event, now)
+        case CancelRequested():
+            order, reply = _cancel_requested(order, event, now)
+        case VendReported():
+            order, reply = _vend_reported(order, event, now)
+        case Restarted():
+            order = _restarted(order, now)
+        case Abandon():
+            if not order.terminal and order.goal is None:
+                order = _begin_goal(order, Goal(State.CANCELED, event.code, event.message), now)
+    return _bump_seq(before, order), reply
+
+
+def public_view(order: OrderData) -> tuple[object, ...]:
+    """What the controller sees of an order; a change here means a new status message."""
+    return (order.state, order.reason, order.intent_id, order.card, order.captured_amount)
+
+
+def _bump_seq(before: OrderData, after: OrderData) -> OrderData:
+    if public_view(before) != public_view(after):
+        return replace(after, status_seq=before.status_seq + 1)
+    return after
+
+
+def _restarted(order: OrderData, now: float) -> OrderData:
+    if order.terminal:
+        return order
+    order = replace(order, retry_at=None, step_since=now if order.tries == 0 else order.step_since)
+    if order.inflight is not None:
+        call = order.inflight
+        order = replace(order, inflight=None)
+        return _failed(order, CallFailed(call, Failure.UNKNOWN, message="the daemon restarted"), now)
+    if order.intent_id is None:
+        return order
+    # Whatever happened while we were down is read back before anything else is done.
+    read = Op.READ_READER if order.state in {State.AWAITING_CARD} else Op.READ_INTENT
+    if order.state is State.RECEIVED:
+        read = Op.READ_INTENT
+    return replace(order, pending_read=read)
+
+
+def _progress(order: OrderData, now: float) -> OrderData:
+    """A call moved the order on: the retry budget starts again."""
+    return replace(order, tries=0, step_since=now, retry_op=None, retry_at=None)
+
+
+def _retry(order: OrderData, now: float, op: Op, *, same_key: bool, delay: float | None = None) -> OrderData:
+    tries = order.tries + 1
+    policy = order.policy
+    wait = delay if delay is not None else min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (tries - 1))
+    attempts = order.attempts
+    if not same_key and op.mutating:
+        attempts = {**attempts, op.value: attempts.get(op.value, 1) + 1}
+    return replace(
+        order,
+        tries=tries,
+        retry_at=now + wait,
+        retry_op=op if op.mutating else None,
+        pending_read=None if op.mutating else op,
+        attempts=attempts,
+        step_since=order.step_since if order.tries else now,
+    )
+
+
+def _read_then(order: OrderData, now: float, read: Op, retry: Op | None, *, delay: float = 0.0) -> OrderData:
+    """Read first; `retry` (same key) follows unless what is read shows it is not needed."""
+    tries = order.tries + 1
+    return replace(
+        order,
+        pending_read=read,
+        retry_op=retry,
+        tries=tries,
+        retry_at=now + delay if delay else None,
+        step_since=order.step_since if order.tries else now,
+    )
+
+
+def _new_attempt(order: OrderData, op: Op) -> OrderData:
+    return replace(order, attempts={**order.attempts, op.value: order.attempts.get(op.value, 1) + 1})
+
+
+def _begin_goal(order: OrderData, goal: Goal, now: float) -> OrderData:
+    create_pending = order.retry_op is Op.CREATE
+    order = replace(order, goal=goal, retry_op=None, tries=0, retry_at=None, step_since=now)
+    if order.intent_id is not None or order.inflight is not None:
+        return order
+    if create_pending:
+        # A create may have reached Stripe: learn its id (same key), then release it.
+        return replace(order, retry_op=Op.CREATE)
+    return _end_goal(order)
+
+
+def _finish(order: OrderData, state: State, reason: Reason | None, captured: int | None = None) -> OrderData:
+    return replace(
+        order,
+        state=state,
+        reason=reason,
+        captured_amount=captured,
+        goal=None,
+        inflight=None,
+        pending_read=None,
+        retry_op=None,
+        retry_at=None,
+        next_poll_at=None,
+    )
+
+
+def _end_goal(order: OrderData) -> OrderData:
+    goal = order.goal
+    assert goal is not None  # noqa: S101 - only called with a goal
+    return _finish(order, goal.end, Reason(goal.code, goal.message, goal.retryable))
+
+
+# --- Call results -------------------------------------------------------------------------------
+
+
+def _succeeded(order: OrderData, event: CallSucceeded, now: float) -> OrderData:  # noqa: PLR0911
+    op = event.call.op
+    if op is not Op.READ_READER and op is not Op.READ_INTENT:
+        order = _progress(order, now)
+    match op:
+        case Op.CREATE:
+            assert event.intent is not None  # noqa: S101 - the runner passes the intent
+            order = replace(order, intent_id=event.intent.id, retry_op=None)
+            return _observe_intent(order, event.intent, now)
+        case Op.DISPLAY:
+            return replace(order, displayed=True)
+        case Op.PROCESS | Op.COLLECT:
+            return _payment_started(order, now)
+        case Op.CONFIRM:
+            return replace(
+                order,
+                state=State.PROCESSING,
+                collected=False,
+                next_poll_at=now + order.policy.poll_first_s,
+            )
+        case Op.CANCEL_ACTION:
+            return replace(order, action_cleared=True)
+        case Op.CAPTURE | Op.CANCEL:
+            assert event.intent is not None  # noqa: S101
+            return _observe_intent(order, event.intent, now)
+        case Op.READ_INTENT:
+            assert event.intent is not None  # noqa: S101
+            return _observe_intent(replace(order, pending_read=None, polls=order.polls + 1), event.intent, now)
+        case Op.READ_READER:
+            assert event.reader is not None  # noqa: S101
+            return _observe_reader(replace(order, pending_read=None, polls=order.polls + 1), event.reader, now)
+    raise IllegalTransition(order.state, f"result of {op}")  # pragma: no cover
+
+
+def _payment_started(order: OrderData, now: float) -> OrderData:
+    if order.goal is not None:
+        return order
+    deadline = order.card_deadline
+    if order.state is not State.AWAITING_CARD or deadline is None:
+        deadline = now + order.policy.card_timeout_s
+    return replace(
+        order,
+        state=State.AWAITING_CARD,
+        reason=None,
+        card_deadline=deadline,
+        next_poll_at=now + order.policy.poll_first_s,
+        action_cleared=False,
+    )
+
+
+def _next_poll(order: OrderData, now: float) -> float:
+    policy = order.policy
+    since = order.card_deadline - policy.card_timeout_s if order.card_deadline is not None else order.step_since
+    slow = now - since > policy.poll_slow_after_s
+    return now + (policy.poll_slow_s if slow else policy.poll_interval_s)
+
+
+def _ours(order: OrderData, action: ActionView | None) -> bool:
+    return action is not None and action.type in PAYMENT_ACTIONS and action.intent_id == order.intent_id
+
+
+def _observe_reader(order: OrderData, reader: ReaderView, now: float) -> OrderData:  # noqa: C901, PLR0911, PLR0912
+    action = reader.action
+    ours = _ours(order, action)
+    retry = order.retry_op
+    if order.goal is not None:
+        if ours and action is not None and action.status == "in_progress":
+            # Ours and still running: cancel it (again, with a new key, after a busy answer).
+            again = retry is Op.CANCEL_ACTION
+            order = replace(order, retry_op=Op.CANCEL_ACTION)
+            return _new_attempt(order, Op.CANCEL_ACTION) if again else order
+        order = replace(order, action_cleared=True, retry_op=None if retry is Op.CANCEL_ACTION else retry)
+        if ours and action is not None and action.status == "succeeded":
+            return replace(order, pending_read=Op.READ_INTENT)
+        return order
+    if order.state in {State.RECEIVED, State.DECLINED}:
+        # We were starting the payment and do not know whether the reader took it.
+        if ours and action is not None:
+            order = replace(order, retry_op=None)
+            order = _payment_started(order, now)
+            return _observe_reader(order, reader, now) if action.status != "in_progress" else order
+        if retry is not None:
+            return order  # the retry (same key) follows
+        return order
+    if order.state is State.AWAITING_CARD or order.state is State.PROCESSING:
+        if not ours or action is None:
+            # Our action is gone (reader restarted, or replaced): the PI tells what happened.
+            return replace(order, pending_read=Op.READ_INTENT, next_poll_at=None)
+        if action.status == "in_progress":
+            return replace(order, next_poll_at=_next_poll(order, now))
+        if action.status == "succeeded":
+            if action.type == "collect_payment_method" and order.state is State.AWAITING_CARD:
+                return _collected(order, action.card, now)
+            intent = reader.intent
+            order = replace(order, state=State.PROCESSING, reason=None)
+            if intent is not None and intent.id == order.intent_id:
+                return _observe_intent(order, intent, now)
+            return replace(order, pending_read=Op.READ_INTENT)
+        # failed
+        if action.failure_code == "customer_canceled":
+            return _begin_goal(
+                replace(order, action_cleared=True),
+                Goal(
+                    State.CANCELED,
+                    "customer_canceled",
+                    "The customer canceled on the reader.",
+                    stripe_reason="requested_by_customer",
+                ),
+                now,
+            )
+        # A decline, a connection error (the PI may be authorised) or anything else: the PI decides.
+        intent = reader.intent
+        if intent is not None and intent.id == order.intent_id:
+            return _observe_intent(order, intent, now, reader_failure=action)
+        return replace(order, pending_read=Op.READ_INTENT, next_poll_at=None)
+    return order
+
+
+def _collected(order: OrderData, card: Card | None, now: float) -> OrderData:
+    policy = order.policy
+    problem = None
+    if card is not None:
+        if policy.allowed_brands and (card.brand or "") not in policy.allowed_brands:
+            problem = f"{card.brand or 'this'} cards are not accepted here."
+        elif policy.allowed_funding and (card.funding or "") not in policy.allowed_funding:
+            problem = f"{card.funding or 'this kind of'} cards are not accepted here."
+        elif not policy.allow_wallets and card.wallet:
+            problem = "Phone and watch wallets are not accepted here."
+    if problem is not None:
+        return _begin_goal(
+            replace(order, card=card),
+            Goal(State.CANCELED, "card_not_accepted", f"{problem} Please try another card."),
+            now,
+        )
+    return replace(order, card=card, collected=True, collected_at=now)
+
+
+def _observe_intent(  # noqa: C901, PLR0911, PLR0912
+    order: OrderData,
+    intent: IntentView,
+    now: float,
+    reader_failure: ActionView | None = None,
+) -> OrderData:
+    status = intent.status
+    goal = order.goal
+    retry = order.retry_op
+    if status == "requires_capture":
+        order = replace(
+            order,
+            card=intent.card or order.card,
+            capturable=intent.amount_capturable,
+            capture_before=intent.capture_before,
+        )
+        if order.state is State.CAPTURING:
+            return replace(order, retry_op=Op.CAPTURE)
+        if order.state is State.APPROVED:
+            return order if goal is None else replace(order, retry_op=None)
+        if goal is not None and not goal.honor_authorisation:
+            return replace(order, action_cleared=True, retry_op=None if retry is not Op.CANCEL else retry)
+        return replace(
+            order,
+            state=State.APPROVED,
+            reason=None,
+            goal=None,
+            retry_op=None,
+            pending_read=None,
+            collected=False,
+            vend_deadline=now + order.policy.vend_result_timeout_s,
+            next_poll_at=None,
+        )
+    if status == "succeeded":
+        return _finish(order, State.COMPLETED, None, captured=intent.amount_received)
+    if status == "canceled":
+        if goal is not None:
+            return _end_goal(order)
+        if order.state is State.CAPTURING or order.state is State.APPROVED:
+            return _finish(
+                order,
+                State.FAILED,
+                Reason(
+                    "authorization_expired",
+                    "The authorisation expired before it was captured; nothing was charged.",
+                ),
+            )
+        return _finish(order, State.CANCELED, Reason("payment_canceled", "The payment was canceled."))
+    if goal is not None:
+        # Not yet released: the cancel (or cancel_action) follows.
+        if status == "processing" and order.state in ON_READER:
+            return _retry(order, now, Op.READ_INTENT, same_key=True, delay=order.policy.poll_interval_s)
+        return replace(order, action_cleared=True if order.state not in ON_READER else order.action_cleared)
+    if order.state is State.CAPTURING or order.state is State.APPROVED:
+        # The authorisation is gone (Stripe reverted it): nothing to capture.
+        return _begin_goal(
+            order,
+            Goal(
+                State.FAILED,
+                "authorization_lost",
+                "The authorisation is no longer valid; nothing was charged.",
+            ),
+            now,
+        )
+    if status == "processing":
+        return replace(order, state=State.PROCESSING, next_poll_at=now + order.policy.poll_interval_s)
+    if status == "requires_confirmation":
+        if _collect_flow(order):
+            return replace(
+                order,
+                state=State.AWAITING_CARD,
+                collected=True,
+                collected_at=order.collected_at or now,
+            )
+        # Stripe's "temporary connectivity problem": process the same PI again.
+        return _new_attempt(
+            replace(
+                order,
+                state=State.DECLINED if order.state is State.DECLINED else order.state,
+                retry_op=Op.PROCESS,
+            ),
+            Op.PROCESS,
+        )
+    if status in {"requires_payment_method", "requires_action"}:
+        if order.state is State.RECEIVED:
+            return order if retry is None else order
+        error = intent.decline
+        failure_code = reader_failure.failure_code if reader_failure else None
+        if error is not None or failure_code not in {None, "connection_error"}:
+            return _declined(order, intent, reader_failure, now)
+        # The action ended without a decline (reader rebooted, display replaced it): prompt again.
+        return _new_attempt(
+            replace(order, retry_op=Op.COLLECT if _collect_flow(order) else Op.PROCESS, collected=False),
+            Op.COLLECT if _collect_flow(order) else Op.PROCESS,
+        )
+    return order
+
+
+def _declined(order: OrderData, intent: IntentView, failure: ActionView | None, now: float) -> OrderData:
+    error = intent.decline
+    code = (error.decline_code or error.code) if error else None
+    code = code or (failure.failure_code if failure else None) or "card_declined"
+    message = DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["generic_decline"])
+    declines = order.declines + 1
+    order = replace(order, declines=declines, collected=False, next_poll_at=None)
+    if declines >= order.policy.max_card_attempts:
+        return _begin_goal(
+            order,
+            Goal(
+                State.CANCELED,
+                "attempts_exhausted",
+                f"The card was declined {declines} times. {message}",
+            ),
+            now,
+        )
+    op = Op.COLLECT if _collect_flow(order) else Op.PROCESS
+    return _new_attempt(
+        replace(
+            _progress(order, now),
+            state=State.DECLINED,
+            reason=Reason(code, message, retryable=True),
+            card_deadline=None,
+        ),
+        op,
+    )
+
+
+def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # noqa: C901, PLR0911, PLR0912
+    op = event.call.op
+    failure = event.failure
+    code = event.code
+    if failure is Failure.AUTH:
+        if order.goal is not None or order.state in {State.APPROVED, State.CAPTURING}:
+            return _retry(order, now, op, same_key=True, delay=order.policy.backoff_cap_s)
+        return _begin_goal(
+            order,
+            Goal(State.FAILED, "payments_unavailable", "Payments are unavailable right now."),
+            now,
+        )
+    if failure is Failure.THROTTLED:
+        return _retry(order, now, op, same_key=True, delay=event.retry_after)
+    if not op.mutating:
+        return _retry(order, now, op, same_key=True)
+    if failure is Failure.UNKNOWN:
+        match op:
+            case Op.CREATE:
+                return _retry(order, now, Op.CREATE, same_key=True)
+            case Op.DISPLAY:
+                return replace(order, displayed=True)  # cosmetic; the payment action replaces it anyway
+            case Op.PROCESS | Op.COLLECT | Op.CONFIRM | Op.CANCEL_ACTION:
+                return _read_then(order, now, Op.READ_READER, op)
+            case Op.CAPTURE | Op.CANCEL:
+                return _read_then(order, now, Op.READ_INTENT, op)
+    # Refused, with a code.
+    match op, code:
+        case Op.DISPLAY, _ if code != "terminal_reader_offline":
+            return replace(order, displayed=True)
+        case _, "terminal_reader_offline":
+            if op in {Op.CANCEL_ACTION}:
+                return replace(order, action_cleared=True)
+            if order.goal is not None:
+                return replace(order, action_cleared=True)
+            return _begin_goal(
+                order,
+                Goal(State.CANCELED, "reader_offline", "The card reader is offline.", retryable=True),
+                now,
+            )
+        case _, "terminal_reader_hardware_fault":
+            if order.goal is not None:
+                return replace(order, action_cleared=True)
+            return _begin_goal(
+                order,
+                Goal(State.CANCELED, "reader_unavailable", "The card reader is out of service."),
+                now,
+            )
+        case (
+            (Op.PROCESS | Op.COLLECT | Op.CONFIRM | Op.CANCEL_ACTION),
+            "terminal_reader_busy" | "terminal_reader_timeout",
+        ):
+            # Maybe ours after all (a false negative), maybe another action or a card left inserted.
+            delay = order.policy.poll_interval_s if op is Op.CANCEL_ACTION else 0.0
+            order = _read_then(order, now, Op.READ_READER, op, delay=delay)
+            return _new_attempt(order, op) if op is not Op.CANCEL_ACTION else order
+        case _, "intent_invalid_state" | "payment_intent_unexpected_state":
+            return _read_then(order, now, Op.READ_INTENT, None)
+        case Op.CONFIRM, _:
+            return _begin_goal(
+                order,
+                Goal(
+                    State.CANCELED,
+                    "payment_failed",
+                    event.message or "The payment could not be confirmed.",
+                ),
+                now,
+            )
+        case Op.CAPTURE | Op.CANCEL, _:
+            # Capture and release are never given up on: read, then try again with a new key.
+            return _new_attempt(_read_then(order, now, Op.READ_INTENT, op, delay=order.policy.backoff_base_s), op)
+    if order.goal is not None:
+        return _retry(order, now, op, same_key=False)
+    return _begin_goal(
+        order,
+        Goal(
+            State.FAILED,
+            code or "stripe_error",
+            event.message or "The payment could not be started.",
+        ),
+        now,
+    )
+
+
+# --- Controller messages ------------------------------------------------------------------------
+
+
+def _cancel_requested(order: OrderData, event: CancelRequested, now: float) -> tuple[OrderData, Reason | None]:
+    if order.terminal or order.state is State.CAPTURING:
+        return order, Reason("too_late", f"The order is {order.state.value}; it can no longer be canceled.")
+    if order.goal is not None:
+        return order, None
+    goal = Goal(
+        State.CANCELED,
+        "controller_canceled",
+        event.reason or "The machine canceled the order.",
+        stripe_reason="requested_by_customer",
+    )
+    return _begin_goal(replace(order, in_reply_to=event.message_id), goal, now), None
+
+
+def _vend_reported(order: OrderData, event: VendReported, now: float) -> tuple[OrderData, Reason | None]:
+    if order.vend_result is not None:
+        return order, None  # a duplicate: the first report stands
+    if order.state is not State.APPROVED or order.goal is not None:
+        return order, Reason("invalid_order", f"No vend result is expected while the order is {order.state.value}.")
+    result = event.result
+    amount = event.vended_amount
+    if result == "partial":
+        if amount is None:
+            return order, Reason("invalid_order", "A partial vend result needs vended_amount.")
+        if amount >= order.capturable:
+            return order, Reason(
+                "invalid_order",
+                f"vended_amount {amount} must be below the authorised amount {order.capturable}; report success instead.",
+            )
+        if amount <= 0:
+            result = "failure"
+    order = replace(order, vend_result=result, vend_amount=amount, in_reply_to=event.message_id)
+    if result == "failure":
+        return _begin_goal(
+            order,
+            Goal(
+                State.CANCELED,
+                "vend_failed",
+                "The product could not be dispensed; nothing was charged.",
+            ),
+            now,
+        ), None
+    return replace(order, state=State.CAPTURING, reason=None), None
+
+
+# --- Helpers for the runner ---------------------------------------------------------------------
+
+
+def card_of(order: OrderData) -> Card | None:
+    """The card to show in the status payload."""
+    return order.card
