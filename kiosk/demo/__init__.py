@@ -1,0 +1,1 @@
+"""`kiosk demo`: the whole system on one machine, with an embedded MQTT broker when needed."""
