@@ -61,9 +61,7 @@ class Redactor:
         # never calls a repr() the redactor did not see.
         return self.scrub(repr(value) if isinstance(value, BaseException | bytes) else str(value))
 
-    def __call__(
-        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """Process one event."""
         for key, value in list(event_dict.items()):
             if key not in _PROCESSOR_META:
@@ -112,17 +110,13 @@ def configure(
     # Exceptions become text (or a dict of text) before the redactor runs, so their messages and
     # tracebacks are scrubbed too. No locals: they would put arbitrary values into the journal.
     render_exc: Any = (
-        structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
+        structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
         if use_json
         else structlog.processors.format_exc_info
     )
     scrub: list[Any] = [render_exc, REDACTOR]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
 
     numeric = logging.getLevelNamesMapping()[level.upper()]

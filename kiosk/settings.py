@@ -73,19 +73,18 @@ class MqttSettings(_Section):
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme == "unix":
-            if not parts.path.startswith("/"):
-                raise ValueError(
-                    "a unix socket URL needs an absolute path, like unix:///run/mosquitto/mosquitto.sock"
-                )
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError("a unix socket URL needs an absolute path, like unix:///run/mosquitto/mosquitto.sock")
             return value
         if parts.scheme not in {"mqtt", "mqtts"}:
-            raise ValueError(
-                "must start with mqtt://, mqtts:// or unix://, like mqtt://127.0.0.1:1883"
-            )
+            raise ValueError("must start with mqtt://, mqtts:// or unix://, like mqtt://127.0.0.1:1883")
         try:
             port = parts.port
         except ValueError:
             raise ValueError("has a port that is not a number from 1 to 65535") from None
+        if parts.username is not None or parts.password is not None:
+            # It would be printed by check-config and logged; the password is a secret.
+            raise ValueError("must not carry a login; set mqtt.username and mqtt.password instead")
         if not parts.hostname:
             raise ValueError("has no host name, like mqtt://127.0.0.1:1883")
         if port == 0:
@@ -97,15 +96,8 @@ class MqttSettings(_Section):
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if (
-            not value
-            or value.startswith("/")
-            or value.endswith("/")
-            or any(c in value for c in "#+\0")
-        ):
-            raise ValueError(
-                "must be topic levels without wildcards or a leading or trailing /, like vend/v1"
-            )
+        if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "#+\0"):
+            raise ValueError("must be topic levels without wildcards or a leading or trailing /, like vend/v1")
         return value
 
     @property
@@ -161,9 +153,7 @@ class StripeSettings(_Section):
     @classmethod
     def _check_version(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?", value):
-            raise ValueError(
-                "is not a Stripe API version; it looks like 2026-09-30.endive or 2023-08-16"
-            )
+            raise ValueError("is not a Stripe API version; it looks like 2026-09-30.endive or 2023-08-16")
         return value
 
     @field_validator("reader_id")
@@ -241,9 +231,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_id(cls, value: str) -> str:
         if not ID_PATTERN.fullmatch(value):
-            raise ValueError(
-                "must be 1 to 64 characters of letters, digits, '.', '_' or '-', like vm-lobby-1"
-            )
+            raise ValueError("must be 1 to 64 characters of letters, digits, '.', '_' or '-', like vm-lobby-1")
         return value
 
     @field_validator("currency", mode="before")
@@ -342,9 +330,7 @@ def _read_credentials(directory: Path) -> dict[str, str]:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise ConfigError(
-                [f"credential {path} cannot be read ({exc.strerror}); check LoadCredential="]
-            ) from None
+            raise ConfigError([f"credential {path} cannot be read ({exc.strerror}); check LoadCredential="]) from None
     return flat
 
 
@@ -365,9 +351,7 @@ def env_name(dotted: str) -> str:
 _MISSING_HINT = {
     "id": "set id in the config file or KIOSK_ID, like vm-lobby-1",
     "stripe.api_key": "set it with KIOSK_STRIPE__API_KEY or the stripe_api_key credential",
-    "stripe.reader_id": (
-        "set it to your reader's id (tmr_…) in the config file or KIOSK_STRIPE__READER_ID"
-    ),
+    "stripe.reader_id": ("set it to your reader's id (tmr_…) in the config file or KIOSK_STRIPE__READER_ID"),
 }
 
 
@@ -399,9 +383,7 @@ def _known_keys() -> list[str]:
     return keys
 
 
-def _describe(
-    error: Mapping[str, Any], sources: Mapping[str, Source], scrub: Callable[[str], str]
-) -> str:
+def _describe(error: Mapping[str, Any], sources: Mapping[str, Source], scrub: Callable[[str], str]) -> str:
     """One sentence for one pydantic error: the key, where it came from, what is wrong, the fix."""
     key = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
@@ -414,10 +396,10 @@ def _describe(
         return f"{key}{where}: is not a setting kiosk knows; {hint}"
     # The offending value helps the operator, unless it is (or might be) a secret.
     shown = "" if key in SECRET_KEYS else f"{scrub(repr(error.get('input')))} "
+    if key == "mqtt.url":
+        shown = _URL_PASSWORD.sub(r"//\1:********@", shown)
     message = str(error["msg"]).removeprefix("Value error, ")
-    if kind in {"greater_than_equal", "less_than_equal", "literal_error"} or kind.endswith(
-        "_parsing"
-    ):
+    if kind in {"greater_than_equal", "less_than_equal", "literal_error"} or kind.endswith("_parsing"):
         message = f"is not allowed: {message[0].lower()}{message[1:]}"
     elif kind.endswith("_type") or kind == "int_from_float":
         message = f"has the wrong type: {message[0].lower()}{message[1:]}"
@@ -426,6 +408,10 @@ def _describe(
     elif key == "currency":
         shown = ""  # the validator names the offending code itself
     return f"{key}{where}: {shown}{message}"
+
+
+# The password of a login written into a URL (mqtt://user:password@host).
+_URL_PASSWORD = re.compile(r"//([^/@:]*):[^/@]*@")
 
 
 def _secret_scrubber(merged: Mapping[str, Any]) -> Callable[[str], str]:
