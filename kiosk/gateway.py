@@ -1,0 +1,611 @@
+"""The Stripe gateway: the only code in kiosk that imports `stripe`.
+
+House rules:
+- One method call is one HTTP attempt. No retries here (`max_network_retries=0`): after a timeout
+  the next step for that order must be a read, and only the runner knows which read.
+- Every mutating call carries the caller's idempotency key, which the runner persisted before it
+  asked (design invariant 8). The gateway never makes up a key.
+- Every call is bounded twice: httpx's timeouts and an `asyncio.timeout` around the whole call, so
+  a server that trickles bytes cannot hold a payment forever.
+- Stripe's exceptions are translated here into `kiosk.errors.UpstreamError` subclasses, grouped by
+  what the caller does next; Stripe's objects into frozen values. No stripe type leaves this file.
+- The API key never appears in an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+
+import httpx
+import stripe
+
+from kiosk import logs
+from kiosk.errors import (
+    IdempotencyMisuse,
+    StripeAuthError,
+    StripeRefused,
+    Throttled,
+    UnknownOutcome,
+    UpstreamError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from pydantic import SecretStr
+    from stripe.params import (
+        PaymentIntentCancelParams,
+        PaymentIntentCaptureParams,
+        PaymentIntentCreateParams,
+    )
+
+    from kiosk.settings import Settings
+
+log = logs.get("gateway")
+
+T = TypeVar("T")
+
+# The API version stripe-python 16 pins; used when the configuration does not name one.
+SDK_API_VERSION: str = stripe.api_version
+# From this version PaymentIntents take `allowed_payment_method_types`; from 2026-09-30 the old
+# `payment_method_types` on create is refused (stripe-notes.md, "The flow").
+ALLOWED_TYPES_SINCE = "2026-07-29"
+CancelReason = Literal["abandoned", "duplicate", "fraudulent", "requested_by_customer"]
+_SECRET = re.compile(r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test)_[A-Za-z0-9*]+")
+_KIOSK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SEARCH_PAGES = 10  # 1,000 PIs: more open authorisations than one kiosk can ever hold
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """What kiosk may know about a card: never the number."""
+
+    brand: str | None
+    last4: str | None
+    funding: str | None = None
+    wallet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeclineInfo:
+    """Why Stripe or the issuer refused (from `last_payment_error` or a reader action's error)."""
+
+    code: str | None
+    decline_code: str | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A PaymentIntent as kiosk sees it."""
+
+    id: str
+    status: str
+    amount: int
+    amount_capturable: int
+    amount_received: int
+    currency: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    card: Card | None = None
+    capture_before: int | None = None
+    last_error: DeclineInfo | None = None
+    cancellation_reason: str | None = None
+    created: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderAction:
+    """The reader's current (or last) action; `payment_intent` is the PI id it works on."""
+
+    type: str
+    status: str
+    failure_code: str | None = None
+    failure_message: str | None = None
+    payment_intent: str | None = None
+    card: Card | None = None
+    error: DeclineInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A Terminal reader as kiosk sees it."""
+
+    id: str
+    status: str | None
+    device_type: str | None
+    serial_number: str | None
+    action: ReaderAction | None = None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _id(value: Any) -> str | None:
+    """An expandable field's id, whether it came expanded or not."""
+    if isinstance(value, dict):
+        return _str(value.get("id"))
+    return _str(value)
+
+
+def _card(details: Any) -> Card | None:
+    if not isinstance(details, dict):
+        return None
+    wallet = details.get("wallet")
+    return Card(
+        brand=_str(details.get("brand")),
+        last4=_str(details.get("last4")),
+        funding=_str(details.get("funding")),
+        wallet=_str(wallet.get("type")) if isinstance(wallet, dict) else None,
+    )
+
+
+def _present_details(holder: Any) -> dict[str, Any] | None:
+    """The card-present part of a charge's or payment method's details."""
+    if not isinstance(holder, dict):
+        return None
+    for kind in ("card_present", "interac_present"):
+        details = holder.get(kind)
+        if isinstance(details, dict):
+            return details
+    return None
+
+
+def _decline(error: Any) -> DeclineInfo | None:
+    if not isinstance(error, dict):
+        return None
+    return DeclineInfo(
+        code=_str(error.get("code")),
+        decline_code=_str(error.get("decline_code")),
+        message=_str(error.get("message")),
+    )
+
+
+def intent_from_dict(data: Mapping[str, Any]) -> Intent:
+    """Translate a PaymentIntent's JSON (with `latest_charge` expanded or not)."""
+    charge = data.get("latest_charge")
+    details = None
+    if isinstance(charge, dict):
+        details = _present_details(charge.get("payment_method_details"))
+    metadata = data.get("metadata") or {}
+    capture_before = details.get("capture_before") if details else None
+    return Intent(
+        id=str(data["id"]),
+        status=str(data["status"]),
+        amount=int(data.get("amount") or 0),
+        amount_capturable=int(data.get("amount_capturable") or 0),
+        amount_received=int(data.get("amount_received") or 0),
+        currency=str(data.get("currency") or ""),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+        card=_card(details),
+        capture_before=capture_before if isinstance(capture_before, int) else None,
+        last_error=_decline(data.get("last_payment_error")),
+        cancellation_reason=_str(data.get("cancellation_reason")),
+        created=data.get("created") if isinstance(data.get("created"), int) else None,
+    )
+
+
+def _action_from_dict(action: Any) -> ReaderAction | None:
+    if not isinstance(action, dict) or not isinstance(action.get("type"), str):
+        return None
+    kind = action["type"]
+    body = action.get(kind)
+    body = body if isinstance(body, dict) else {}
+    card = None
+    if kind == "collect_payment_method":
+        method = body.get("payment_method")
+        if isinstance(method, dict):
+            card = _card(_present_details(method))
+    return ReaderAction(
+        type=kind,
+        status=str(action.get("status") or ""),
+        failure_code=_str(action.get("failure_code")),
+        failure_message=_str(action.get("failure_message")),
+        payment_intent=_id(body.get("payment_intent")),
+        card=card,
+        error=_decline(action.get("api_error")),
+    )
+
+
+def reader_from_dict(data: Mapping[str, Any]) -> Reader:
+    """Translate a terminal.reader's JSON."""
+    return Reader(
+        id=str(data["id"]),
+        status=_str(data.get("status")),
+        device_type=_str(data.get("device_type")),
+        serial_number=_str(data.get("serial_number")),
+        action=_action_from_dict(data.get("action")),
+    )
+
+
+def uses_allowed_types(api_version: str) -> bool:
+    """Whether this API version takes `allowed_payment_method_types` on PaymentIntent create."""
+    return api_version[:10] >= ALLOWED_TYPES_SINCE
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if headers is None:
+        return None
+    try:
+        value = headers.get(name)
+    except AttributeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _should_retry(headers: Any) -> bool | None:
+    value = (_header(headers, "stripe-should-retry") or "").lower()
+    return {"true": True, "false": False}.get(value)
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        value = float(_header(headers, "retry-after") or "")
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+class _HTTPXClient(stripe.HTTPXClient):
+    """stripe's httpx client, sending the encoded body as `content=`.
+
+    stripe-python 16 hands httpx the already-encoded form body as `data=`, which httpx 0.28
+    deprecates (and will drop); the warning would also surface inside stripe as a network error
+    wherever warnings are errors.
+    """
+
+    def _get_request_args_kwargs(self, method: str, url: str, headers: Mapping[str, str], post_data: Any) -> list[Any]:
+        args: list[Any] = super()._get_request_args_kwargs(method, url, headers, post_data)
+        kwargs = args[1]
+        data = kwargs.get("data")
+        if isinstance(data, str | bytes):
+            del kwargs["data"]
+            if data:
+                kwargs["content"] = data
+        elif not data:
+            kwargs.pop("data", None)
+        return args
+
+
+class Gateway:
+    """Stripe's PaymentIntents and one Terminal reader, one attempt per call.
+
+    `calls` counts the requests made, by endpoint name (for benchmarks).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: SecretStr,
+        api_base: str,
+        api_version: str | None,
+        reader_id: str,
+        request_timeout_s: float,
+    ) -> None:
+        self._secret = api_key.get_secret_value()
+        self._reader = reader_id
+        self._timeout_s = request_timeout_s
+        self.api_version = api_version or SDK_API_VERSION
+        self._http = _HTTPXClient(timeout=httpx.Timeout(request_timeout_s))
+        self._client = stripe.StripeClient(
+            self._secret,
+            http_client=self._http,
+            stripe_version=self.api_version,
+            base_addresses={"api": api_base},
+            max_network_retries=0,
+        )
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """A gateway for the configured account and reader."""
+        return cls(
+            api_key=settings.stripe.api_key,
+            api_base=settings.stripe.api_base,
+            api_version=settings.stripe.api_version,
+            reader_id=settings.stripe.reader_id,
+            request_timeout_s=settings.payments.request_timeout_s,
+        )
+
+    @property
+    def reader_id(self) -> str:
+        """The reader this gateway drives."""
+        return self._reader
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.close_async()  # type: ignore[no-untyped-call]  # stripe left it untyped
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- PaymentIntents ------------------------------------------------------------------------
+
+    async def create_intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        metadata: Mapping[str, str],
+        description: str | None = None,
+        key: str,
+    ) -> Intent:
+        """Create a card-present, manually captured PaymentIntent."""
+        methods = ["interac_present", "card_present"] if currency == "cad" else ["card_present"]
+        params: PaymentIntentCreateParams = {
+            "amount": amount,
+            "currency": currency,
+            "capture_method": "manual",
+            "metadata": dict(metadata),
+        }
+        if uses_allowed_types(self.api_version):
+            params["allowed_payment_method_types"] = methods
+        else:
+            params["payment_method_types"] = methods  # type: ignore[typeddict-unknown-key]
+        if description is not None:
+            params["description"] = description
+        pi = await self._call(
+            "payment_intents.create",
+            lambda: self._client.v1.payment_intents.create_async(params=params, options={"idempotency_key": key}),
+        )
+        return intent_from_dict(pi.to_dict())
+
+    async def retrieve_intent(self, pi_id: str) -> Intent:
+        """Read a PaymentIntent, with its latest charge (card and `capture_before`)."""
+        pi = await self._call(
+            "payment_intents.retrieve",
+            lambda: self._client.v1.payment_intents.retrieve_async(pi_id, params={"expand": ["latest_charge"]}),
+        )
+        return intent_from_dict(pi.to_dict())
+
+    async def search_intents(self, kiosk_id: str, status: str | None = None) -> list[Intent]:
+        """PaymentIntents whose `metadata.kiosk_id` is this kiosk (Search lags: recovery only)."""
+        if not _KIOSK_ID.fullmatch(kiosk_id) or (status is not None and not status.isidentifier()):
+            raise ValueError("kiosk id or status cannot be put into a search query")
+        query = f"metadata['kiosk_id']:'{kiosk_id}'"
+        if status is not None:
+            query += f" AND status:'{status}'"
+        found: list[Intent] = []
+        page: str | None = None
+        for _ in range(_SEARCH_PAGES):
+            params: dict[str, Any] = {"query": query, "limit": 100}
+            if page is not None:
+                params["page"] = page
+            result = await self._call(
+                "payment_intents.search",
+                lambda params=params: self._client.v1.payment_intents.search_async(params=params),  # type: ignore[misc]
+            )
+            found.extend(intent_from_dict(pi.to_dict()) for pi in result.data)
+            page = result.next_page if result.has_more else None
+            if not page:
+                break
+        return found
+
+    async def capture_intent(self, pi_id: str, *, amount_to_capture: int | None = None, key: str) -> Intent:
+        """Capture an authorised PaymentIntent, fully or `amount_to_capture` of it."""
+        params: PaymentIntentCaptureParams = {"expand": ["latest_charge"]}
+        if amount_to_capture is not None:
+            params["amount_to_capture"] = amount_to_capture
+        pi = await self._call(
+            "payment_intents.capture",
+            lambda: self._client.v1.payment_intents.capture_async(
+                pi_id, params=params, options={"idempotency_key": key}
+            ),
+        )
+        return intent_from_dict(pi.to_dict())
+
+    async def cancel_intent(self, pi_id: str, *, reason: CancelReason = "abandoned", key: str) -> Intent:
+        """Cancel a PaymentIntent; an authorised one has its hold released."""
+        params: PaymentIntentCancelParams = {
+            "cancellation_reason": reason,
+            "expand": ["latest_charge"],
+        }
+        pi = await self._call(
+            "payment_intents.cancel",
+            lambda: self._client.v1.payment_intents.cancel_async(
+                pi_id, params=params, options={"idempotency_key": key}
+            ),
+        )
+        return intent_from_dict(pi.to_dict())
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def retrieve_reader(self) -> Reader:
+        """Read the reader: its status and current action."""
+        reader = await self._call(
+            "readers.retrieve",
+            lambda: self._client.v1.terminal.readers.retrieve_async(self._reader),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def process_intent(
+        self,
+        pi_id: str,
+        *,
+        key: str,
+        enable_customer_cancellation: bool = True,
+        skip_tipping: bool = True,
+    ) -> Reader:
+        """Ask the reader to take a card for this PI. The answer only means it got the command."""
+        reader = await self._call(
+            "readers.process_payment_intent",
+            lambda: self._client.v1.terminal.readers.process_payment_intent_async(
+                self._reader,
+                params={
+                    "payment_intent": pi_id,
+                    "process_config": {
+                        "enable_customer_cancellation": enable_customer_cancellation,
+                        "skip_tipping": skip_tipping,
+                    },
+                },
+                options={"idempotency_key": key},
+            ),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def collect_payment_method(
+        self,
+        pi_id: str,
+        *,
+        key: str,
+        enable_customer_cancellation: bool = True,
+        skip_tipping: bool = True,
+    ) -> Reader:
+        """Split flow, step 1: read a card without authorising (confirm or cancel within 30 s)."""
+        reader = await self._call(
+            "readers.collect_payment_method",
+            lambda: self._client.v1.terminal.readers.collect_payment_method_async(
+                self._reader,
+                params={
+                    "payment_intent": pi_id,
+                    "collect_config": {
+                        "enable_customer_cancellation": enable_customer_cancellation,
+                        "skip_tipping": skip_tipping,
+                    },
+                },
+                options={"idempotency_key": key},
+            ),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def confirm_intent(self, pi_id: str, *, key: str) -> Reader:
+        """Split flow, step 2: authorise the collected card."""
+        reader = await self._call(
+            "readers.confirm_payment_intent",
+            lambda: self._client.v1.terminal.readers.confirm_payment_intent_async(
+                self._reader, params={"payment_intent": pi_id}, options={"idempotency_key": key}
+            ),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def cancel_action(self, *, key: str) -> Reader:
+        """Clear the reader's action (refused with `terminal_reader_busy` during authorisation)."""
+        reader = await self._call(
+            "readers.cancel_action",
+            lambda: self._client.v1.terminal.readers.cancel_action_async(
+                self._reader, options={"idempotency_key": key}
+            ),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def set_display(
+        self,
+        currency: str,
+        line_items: Sequence[tuple[str, int, int]],
+        total: int,
+        *,
+        key: str,
+    ) -> Reader:
+        """Show a cart: `line_items` are (description, amount, quantity). Replaces any action."""
+        reader = await self._call(
+            "readers.set_reader_display",
+            lambda: self._client.v1.terminal.readers.set_reader_display_async(
+                self._reader,
+                params={
+                    "type": "cart",
+                    "cart": {
+                        "currency": currency,
+                        "line_items": [{"description": d, "amount": a, "quantity": q} for d, a, q in line_items],
+                        "total": total,
+                    },
+                },
+                options={"idempotency_key": key},
+            ),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def present_card(self, number: str = "4242424242424242", *, amount_tip: int | None = None) -> Reader:
+        """Test mode only: present a card to a simulated reader."""
+        params: dict[str, Any] = {"type": "card_present", "card_present": {"number": number}}
+        if amount_tip is not None:
+            params["amount_tip"] = amount_tip
+        reader = await self._call(
+            "test_helpers.present_payment_method",
+            lambda: self._client.v1.test_helpers.terminal.readers.present_payment_method_async(
+                self._reader,
+                params=params,  # type: ignore[arg-type]
+            ),
+        )
+        return reader_from_dict(reader.to_dict())
+
+    # -- the edge ------------------------------------------------------------------------------
+
+    async def _call(self, name: str, request: Callable[[], Awaitable[T]]) -> T:
+        self.calls[name] += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await request()
+        except TimeoutError as exc:
+            error: UpstreamError = UnknownOutcome(
+                f"Stripe {name} got no answer within {self._timeout_s:g} s", code="timeout"
+            )
+            log.warning("gateway.call_failed", call=name, error="UnknownOutcome", code="timeout")
+            raise error from exc
+        except stripe.StripeError as exc:
+            error = self._translate(name, exc)
+            log.warning(
+                "gateway.call_failed",
+                call=name,
+                error=type(error).__name__,
+                code=error.code,
+                http_status=error.http_status,
+                request_id=error.request_id,
+            )
+            raise error from exc
+
+    def _scrub(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "[REDACTED]")
+        return _SECRET.sub("[REDACTED]", text)
+
+    def _translate(self, name: str, exc: stripe.StripeError) -> UpstreamError:
+        status = exc.http_status
+        headers = exc.headers
+        body = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+        error: dict[str, Any] = body if isinstance(body, dict) else {}
+        code = exc.code or _str(error.get("code"))
+        facts: dict[str, Any] = {
+            "code": code,
+            "http_status": status,
+            "request_id": exc.request_id,
+            "should_retry": _should_retry(headers),
+            "replayed": _header(headers, "idempotent-replayed") == "true",
+        }
+        where = f"Stripe {name}"
+        detail = self._scrub(_str(error.get("message")) or exc.user_message or "no message")
+        if isinstance(exc, stripe.APIConnectionError):
+            timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
+            facts["code"] = "timeout" if timed_out else "connection_error"
+            what = "timed out" if timed_out else "could not reach Stripe"
+            return UnknownOutcome(f"{where} {what}", **facts)
+        if status is None or status < 400 or status >= 500:
+            # No answer, an answer kiosk cannot read (even a 200), or a server error: the call may
+            # have taken effect.
+            return UnknownOutcome(f"{where} failed (HTTP {status}): {detail}", **facts)
+        # A concurrent request with the same key is a 409 of type idempotency_error: wait, not a bug.
+        if isinstance(exc, stripe.RateLimitError) or status in {409, 429}:
+            return Throttled(
+                f"{where} was throttled (HTTP {status}, {code}): {detail}",
+                retry_after=_retry_after(headers),
+                **facts,
+            )
+        if isinstance(exc, stripe.IdempotencyError) or error.get("type") == "idempotency_error":
+            return IdempotencyMisuse(f"{where}: idempotency key reused with other parameters", **facts)
+        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError) or status in {
+            401,
+            403,
+        }:
+            return StripeAuthError(f"{where} refused the API key (HTTP {status}): {detail}", **facts)
+        return StripeRefused(
+            f"{where} refused (HTTP {status}, {code}): {detail}",
+            decline_code=_str(error.get("decline_code")),
+            param=_str(error.get("param")),
+            **facts,
+        )
