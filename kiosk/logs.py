@@ -130,7 +130,7 @@ def configure(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # Records from the standard library (stripe, httpx, aiomqtt) get the same treatment.
-            foreign_pre_chain=[*stamp, structlog.stdlib.ExtraAdder(), *scrub],
+            foreign_pre_chain=[*stamp, structlog.stdlib.ExtraAdder(), _drop_formatter_leftovers, *scrub],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
@@ -143,6 +143,16 @@ def configure(
     # Libraries speak at INFO about every request; kiosk logs what matters itself.
     for noisy in ("httpx", "httpcore", "stripe"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+def _drop_formatter_leftovers(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # Another handler's formatter (pytest's capture, a library's own) may have run first and left
+    # `message` and `asctime` on the record; ExtraAdder would take them for extra fields.
+    for key in ("message", "asctime"):
+        event_dict.pop(key, None)
+    return event_dict
 
 
 def reset() -> None:
