@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
         PaymentIntentCancelParams,
         PaymentIntentCaptureParams,
         PaymentIntentCreateParams,
+        PaymentIntentSearchParams,
     )
+    from stripe.params.test_helpers.terminal import ReaderPresentPaymentMethodParams
 
     from kiosk.settings import Settings
 
@@ -375,12 +378,12 @@ class Gateway:
         found: list[Intent] = []
         page: str | None = None
         for _ in range(_SEARCH_PAGES):
-            params: dict[str, Any] = {"query": query, "limit": 100}
+            params: PaymentIntentSearchParams = {"query": query, "limit": 100}
             if page is not None:
                 params["page"] = page
             result = await self._call(
                 "payment_intents.search",
-                lambda params=params: self._client.v1.payment_intents.search_async(params=params),  # type: ignore[misc]
+                functools.partial(self._client.v1.payment_intents.search_async, params=params),
             )
             found.extend(intent_from_dict(pi.to_dict()) for pi in result.data)
             page = result.next_page if result.has_more else None
@@ -523,14 +526,13 @@ class Gateway:
 
     async def present_card(self, number: str = "4242424242424242", *, amount_tip: int | None = None) -> Reader:
         """Test mode only: present a card to a simulated reader."""
-        params: dict[str, Any] = {"type": "card_present", "card_present": {"number": number}}
+        params: ReaderPresentPaymentMethodParams = {"type": "card_present", "card_present": {"number": number}}
         if amount_tip is not None:
             params["amount_tip"] = amount_tip
         reader = await self._call(
             "test_helpers.present_payment_method",
             lambda: self._client.v1.test_helpers.terminal.readers.present_payment_method_async(
-                self._reader,
-                params=params,  # type: ignore[arg-type]
+                self._reader, params=params
             ),
         )
         return reader_from_dict(reader.to_dict())

@@ -628,3 +628,11 @@ def test_stripe_fixture_objects_translate() -> None:
     assert reader.id.startswith("tmr_")
     assert reader.action is not None
     assert (reader.action.type, reader.action.status) == ("refund_payment", "failed")
+
+
+async def test_present_card_is_the_test_helper(stub: StubStripe, gw: Gateway) -> None:
+    stub.reply(Reply(body=reader_body(None)))
+    await gw.present_card("4000000000000002", amount_tip=50)
+    [seen] = stub.seen
+    assert seen.path == f"/v1/test_helpers/terminal/readers/{READER}/present_payment_method"
+    assert seen.form == {"type": "card_present", "card_present[number]": "4000000000000002", "amount_tip": "50"}
