@@ -46,6 +46,15 @@ def _cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     return EX_OK
 
 
+def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    del out
+    from kiosk import service, settings  # noqa: PLC0415 - each command imports what it needs
+
+    loaded = settings.load(args.config)
+    REDACTOR.add(loaded.settings.secret_values())
+    return service.run(loaded.settings)
+
+
 Command = Callable[[argparse.Namespace, TextIO], int]
 
 
@@ -66,6 +75,12 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
         "--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)"
     )
     commands["check-config"] = _cmd_check_config
+
+    run = sub.add_parser("run", help="the payments daemon (systemd Type=notify)")
+    run.add_argument(
+        "--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)"
+    )
+    commands["run"] = _cmd_run
 
     return parser, commands
 

@@ -141,7 +141,7 @@ def plan(order: OrderData, now: float) -> tuple[OrderData, Call | Wait | None]:
     already records it as in flight with its key: save it before calling), a `Wait`, or None when
     the order has ended.
     """
-    order = _apply_time(order, now)
+    order = _bump_seq(order, _apply_time(order, now))
     if order.terminal:
         return order, None
     if order.inflight is not None:

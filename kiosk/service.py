@@ -1,0 +1,267 @@
+"""`kiosk run`: the daemon — journal, Stripe, the bus and the runner under one task group.
+
+Start-up order: open the journal and load every open order (local state restored: READY=1, not
+waiting for the network), then connect to the broker and Stripe in the background. SIGTERM
+tells systemd STOPPING=1 and stops within a bounded time; every order is saved at each step, so
+whatever was in flight is resumed (read back from Stripe) at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+import uuid
+from typing import Any
+
+from kiosk import __version__, crashpoints, logs, messages
+from kiosk.availability import Availability
+from kiosk.bus import Bus, Publication
+from kiosk.errors import BusUnavailable, UpstreamError
+from kiosk.gateway import Gateway
+from kiosk.journal import Journal, OutboxMessage
+from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, Policy
+from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
+from kiosk.settings import Settings
+from kiosk.systemd import Notifier
+
+log = logs.get("service")
+
+SHUTDOWN_GRACE_S = 5.0
+IDLE_CHECK_S = 60.0
+UNAVAILABLE_CHECK_S = 10.0
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The per-order settings, as the core takes them."""
+    p = settings.payments
+    return Policy(
+        kiosk_id=settings.id,
+        card_timeout_s=p.card_timeout_s,
+        max_card_attempts=p.max_card_attempts,
+        vend_result_timeout_s=p.vend_result_timeout_s,
+        flow=p.flow,
+        step_budget_s=max(60.0, 2 * p.request_timeout_s),
+    )
+
+
+class Service:
+    """One running daemon."""
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.boot_id = uuid.uuid4().hex
+        self.prefix = settings.mqtt.topic_prefix
+        self.journal = Journal.in_dir(settings.state_dir)
+        self.gateway = Gateway.from_settings(settings)
+        self.availability = Availability(settings.stripe.reader_id)
+        self._outbox_bell = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._published_state: tuple[Any, ...] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.runner = Runner(
+            RunnerConfig(
+                kiosk_id=settings.id,
+                topic_prefix=self.prefix,
+                currencies=settings.currency,
+                max_amount=settings.max_amount,
+                policy=policy_from(settings),
+            ),
+            self.journal,
+            self.gateway,
+            outbox_ready=self._outbox_bell.set,
+            on_outcome=self._observe,
+            accepting=self.availability.refusal,
+        )
+        self.bus = Bus(
+            settings.mqtt,
+            client_id=f"kioskd-{settings.id}",
+            will=Publication(
+                f"{self.prefix}/kioskd/state", messages.dumps(self._state_payload(online=False)), retain=True
+            ),
+            subscriptions=[f"{self.prefix}/order/+/{kind}" for kind in ("request", "cancel", "vend_result")],
+            on_connect=self._on_connect,
+        )
+
+    # -- state topics ---------------------------------------------------------------------------
+
+    def _state_payload(self, *, online: bool) -> dict[str, Any]:
+        snap = self.availability.snapshot()
+        reason = None
+        if not online:
+            reason = {"code": "daemon_offline", "message": "kiosk is not running"}
+        elif snap.code is not None:
+            reason = {"code": snap.code, "message": snap.message or ""}
+        return {
+            "v": 1,
+            "id": uuid.uuid4().hex,
+            "ts": messages.now_rfc3339(time.time()),
+            "state": "online" if online else "offline",
+            "payments": snap.payments if online else "unavailable",
+            "reason": reason,
+            "version": __version__,
+            "boot_id": self.boot_id,
+        }
+
+    def _reader_payload(self) -> dict[str, Any]:
+        snap = self.availability.snapshot()
+        return {
+            "v": 1,
+            "id": uuid.uuid4().hex,
+            "ts": messages.now_rfc3339(time.time()),
+            "reader": self.settings.stripe.reader_id,
+            "status": snap.reader_status,
+            "device_type": snap.device_type,
+            "action": None if snap.action is None else {"type": snap.action[0], "status": snap.action[1]},
+        }
+
+    async def _announce(self, *, force: bool = False) -> None:
+        snap = self.availability.snapshot()
+        key = (snap.payments, snap.code, snap.reader_status, snap.device_type, snap.action)
+        if not force and key == self._published_state:
+            return
+        self._published_state = key
+        if snap.payments == "unavailable":
+            log.warning("payments.unavailable", code=snap.code, reason=snap.message)
+        else:
+            log.info("payments.available", reader=snap.reader_status)
+        await asyncio.to_thread(
+            self.journal.enqueue,
+            [
+                OutboxMessage(
+                    f"{self.prefix}/kioskd/state", messages.dumps(self._state_payload(online=True)), retain=True
+                ),
+                OutboxMessage(f"{self.prefix}/reader/state", messages.dumps(self._reader_payload()), retain=True),
+            ],
+        )
+        self._outbox_bell.set()
+
+    def _observe(self, call: Call, event: Event) -> None:
+        if self.availability.observe(call, event, time.time()):
+            task = asyncio.get_running_loop().create_task(self._announce())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _on_connect(self) -> None:
+        await self._announce(force=True)
+        self._outbox_bell.set()
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        async for message in self.bus.messages():
+            try:
+                await self.runner.on_message(message.topic, message.payload)
+            except Exception:
+                # A bug must not turn one message into a crash loop: log it and let it go.
+                log.exception("bus.message_failed", topic=message.topic[:200])
+            message.ack()
+
+    async def _publish_outbox(self) -> None:
+        while True:
+            await self.bus.wait_connected()
+            rows = await asyncio.to_thread(self.journal.pending_outbox, 200)
+            if not rows:
+                self._outbox_bell.clear()
+                await self._outbox_bell.wait()
+                continue
+            sent: list[int] = []
+            try:
+                for row in rows:
+                    await self.bus.publish(row.topic, row.payload, qos=1, retain=row.retain, expiry_s=row.expiry_s)
+                    sent.append(row.id)
+                    if row.topic.endswith("/status") and b'"state":"approved"' in row.payload:
+                        crashpoints.reached("approved_published")
+            except BusUnavailable:
+                await asyncio.sleep(0.1)
+            finally:
+                if sent:
+                    await asyncio.to_thread(self.journal.mark_sent, sent)
+
+    async def _watch_reader(self) -> None:
+        """When no order is using the reader, check now and then that it and Stripe answer."""
+        while True:
+            if self.runner.open_orders == 0:
+                call = Call(Op.READ_READER)
+                try:
+                    reader = await self.gateway.retrieve_reader()
+                    self.availability.set_device_type(reader.device_type)
+                    event: Event = CallSucceeded(call, reader=reader_view(reader))
+                except UpstreamError as exc:
+                    event = failure_event(call, exc)
+                self._observe(call, event)
+                if isinstance(event, CallFailed):
+                    log.warning("reader.check_failed", code=event.code, failure=event.failure.value)
+            await self._announce()
+            unavailable = self.availability.refusal() is not None
+            await asyncio.sleep(UNAVAILABLE_CHECK_S if unavailable else IDLE_CHECK_S)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        recovered = await self.runner.recover()
+        self.notifier.ready(status=f"serving; {recovered} open order(s) recovered")
+        log.info("service.ready", kiosk_id=self.settings.id, recovered=recovered, version=__version__)
+        try:
+            async with self.bus, asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.runner.run(), name="runner")
+                tasks.create_task(self._consume(), name="consume")
+                tasks.create_task(self._publish_outbox(), name="outbox")
+                tasks.create_task(self._watch_reader(), name="reader-watch")
+                if self.notifier.watchdog_interval:
+                    tasks.create_task(self._watchdog(self.notifier.watchdog_interval), name="watchdog")
+                stopper = tasks.create_task(self._stop.wait(), name="stop")
+                await stopper
+                self.notifier.stopping(status="stopping")
+                log.info("service.stopping")
+                await self._say_offline()
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await self.gateway.close()
+        log.info("service.stopped")
+        return 0
+
+    async def _say_offline(self) -> None:
+        with contextlib.suppress(BusUnavailable, TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_GRACE_S / 2):
+                await self.bus.publish(
+                    f"{self.prefix}/kioskd/state",
+                    messages.dumps(self._state_payload(online=False)),
+                    qos=1,
+                    retain=True,
+                )
+
+
+class _Stopped(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the task group to cancel every task on SIGTERM."""
+
+
+def run(settings: Settings) -> int:
+    """Run the daemon to completion."""
+    service_box: list[Service] = []
+
+    async def main() -> int:
+        service = Service(settings)
+        service_box.append(service)
+        return await service.run()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        for service in service_box:
+            service.journal.close()
+            service.notifier.close()
