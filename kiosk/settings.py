@@ -471,6 +471,8 @@ def effective(loaded: Loaded) -> list[tuple[str, str, Source]]:
             shown = "(not set)"
         elif isinstance(value, bool):
             shown = "true" if value else "false"  # as TOML and the environment spell it
+        elif isinstance(value, float):
+            shown = f"{value:g}"  # 30, not 30.0; as the operator wrote it
         elif isinstance(value, tuple | list):
             shown = ", ".join(str(v) for v in value)
         else:
