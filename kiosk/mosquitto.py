@@ -12,12 +12,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
-from pathlib import Path
-from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from kiosk.errors import KioskError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+    from types import TracebackType
 
 START_TIMEOUT_S = 10.0
 

@@ -33,6 +33,5 @@ def test_a_killed_broker_frees_its_port_and_restarts_on_it(broker: Mosquitto) ->
     port = broker.port
     broker.kill()
     assert not broker.running
-    broker.start()
-    assert broker.running
+    assert broker.start().running
     assert broker.port == port
