@@ -55,6 +55,12 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return service.run(loaded.settings)
 
 
+def _cmd_simulator(args: argparse.Namespace, out: TextIO) -> int:
+    from kiosk.simulator import command  # noqa: PLC0415 - only this command loads the simulator
+
+    return command.run(args.host, args.port, out, seed=args.seed)
+
+
 Command = Callable[[argparse.Namespace, TextIO], int]
 
 
@@ -81,6 +87,12 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
         "--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)"
     )
     commands["run"] = _cmd_run
+
+    simulator = sub.add_parser("simulator", help="the Stripe API simulator alone (docs/simulator.md)")
+    simulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulator.add_argument("--port", type=int, default=12111, help="port (default 12111; 0 picks one)")
+    simulator.add_argument("--seed", type=int, default=0, help="seed for ids and random faults (default 0)")
+    commands["simulator"] = _cmd_simulator
 
     return parser, commands
 
