@@ -405,3 +405,11 @@ def test_the_example_as_shipped_loads_with_the_required_values_from_the_environm
     loaded = settings.load(EXAMPLE, environ=REQUIRED)
     assert loaded.config_file == EXAMPLE
     assert loaded.settings.id == "vm-lobby-1"
+
+
+def test_secrets_never_print_from_the_settings_object() -> None:
+    loaded = settings.load(None, environ=REQUIRED | {"KIOSK_MQTT__PASSWORD": PASSWORD})
+    for text in (repr(loaded), str(loaded.settings), loaded.settings.model_dump_json(), f"{loaded.settings.stripe}"):
+        assert API_KEY not in text
+        assert PASSWORD not in text
+    assert loaded.settings.secret_values() == [API_KEY, PASSWORD]
