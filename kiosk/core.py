@@ -464,7 +464,7 @@ def _payment_started(order: OrderData, now: float) -> OrderData:
     if order.state is not State.AWAITING_CARD or deadline is None:
         deadline = now + order.policy.card_timeout_s
     return replace(
-        order,
+        _progress(order, now),
         state=State.AWAITING_CARD,
         reason=None,
         card_deadline=deadline,
@@ -484,7 +484,18 @@ def _ours(order: OrderData, action: ActionView | None) -> bool:
     return action is not None and action.type in PAYMENT_ACTIONS and action.intent_id == order.intent_id
 
 
-def _observe_reader(order: OrderData, reader: ReaderView, now: float) -> OrderData:  # noqa: C901, PLR0911, PLR0912
+def _observe_reader(order: OrderData, reader: ReaderView, now: float) -> OrderData:
+    after = _observe_reader_action(order, reader, now)
+    action = reader.action
+    running = action is not None and _ours(order, action) and action.status == "in_progress"
+    if order.goal is None and after.goal is not None and not running:
+        # The wind-down began from this very read, which showed no action of ours running: there
+        # is nothing to cancel_action, and reading the reader again at once would be a busy loop.
+        after = replace(after, action_cleared=True)
+    return after
+
+
+def _observe_reader_action(order: OrderData, reader: ReaderView, now: float) -> OrderData:  # noqa: C901, PLR0911, PLR0912
     action = reader.action
     ours = _ours(order, action)
     retry = order.retry_op
@@ -505,7 +516,11 @@ def _observe_reader(order: OrderData, reader: ReaderView, now: float) -> OrderDa
             order = _payment_started(order, now)
             return _observe_reader(order, reader, now) if action.status != "in_progress" else order
         if retry is not None:
-            return order  # the retry (same key) follows
+            # The retry follows, after a backoff: a reader busy with something else (another
+            # order's action, a card left inserted) answers busy again if asked at once.
+            policy = order.policy
+            wait = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** max(order.tries - 1, 0))
+            return replace(order, retry_at=now + wait)
         return order
     if order.state is State.AWAITING_CARD or order.state is State.PROCESSING:
         if not ours or action is None:
@@ -582,8 +597,10 @@ def _observe_intent(  # noqa: C901, PLR0911, PLR0912
             return order if goal is None else replace(order, retry_op=None)
         if goal is not None and not goal.honor_authorisation:
             return replace(order, action_cleared=True, retry_op=None if retry is not Op.CANCEL else retry)
+        # A step resolved by reading is progress too: a leftover retry count would let the step
+        # budget end (and release) an approved order while the machine is dispensing.
         return replace(
-            order,
+            _progress(order, now),
             state=State.APPROVED,
             reason=None,
             goal=None,
@@ -718,10 +735,10 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
         case Op.DISPLAY, _ if code != "terminal_reader_offline":
             return replace(order, displayed=True)
         case _, "terminal_reader_offline":
-            if op in {Op.CANCEL_ACTION}:
-                return replace(order, action_cleared=True)
-            if order.goal is not None:
-                return replace(order, action_cleared=True)
+            if op is Op.CANCEL_ACTION or order.goal is not None:
+                # Nothing can be cleared on a reader that is gone: go on to release the PI (and
+                # drop the pending reader retry, or it would be re-sent at once, forever).
+                return _reader_gone(order)
             return _begin_goal(
                 order,
                 Goal(State.CANCELED, "reader_offline", "The card reader is offline.", retryable=True),
@@ -729,7 +746,7 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
             )
         case _, "terminal_reader_hardware_fault":
             if order.goal is not None:
-                return replace(order, action_cleared=True)
+                return _reader_gone(order)
             return _begin_goal(
                 order,
                 Goal(State.CANCELED, "reader_unavailable", "The card reader is out of service."),
@@ -769,6 +786,11 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
         ),
         now,
     )
+
+
+def _reader_gone(order: OrderData) -> OrderData:
+    retry = None if order.retry_op in READER_OPS else order.retry_op
+    return replace(order, action_cleared=True, retry_op=retry)
 
 
 # --- Controller messages ------------------------------------------------------------------------
