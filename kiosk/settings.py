@@ -334,13 +334,17 @@ def _read_credentials(directory: Path) -> dict[str, str]:
     return flat
 
 
-def resolve_config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
-    """`--config`, else `$KIOSK_CONFIG`, else /etc/kiosk/kiosk.toml when present."""
+def resolve_config_path(
+    explicit: str | Path | None,
+    environ: Mapping[str, str],
+    default: Path | None = DEFAULT_CONFIG_FILE,
+) -> Path | None:
+    """`--config`, else `$KIOSK_CONFIG`, else `default` (/etc/kiosk/kiosk.toml) when present."""
     if explicit is not None:
         return Path(explicit)
     if environ.get("KIOSK_CONFIG"):
         return Path(environ["KIOSK_CONFIG"])
-    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+    return default if default is not None and default.is_file() else None
 
 
 def env_name(dotted: str) -> str:
@@ -426,14 +430,18 @@ def load(
     config: str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    default_file: Path | None = DEFAULT_CONFIG_FILE,
 ) -> Loaded:
     """Read every source, validate, and return the effective settings.
+
+    `default_file` is read when neither `config` nor $KIOSK_CONFIG names one; tests pass None so
+    that a machine's own /etc/kiosk/kiosk.toml cannot change their outcome.
 
     Raises:
         ConfigError: with one sentence per invalid or missing setting.
     """
     env = os.environ if environ is None else environ
-    path = resolve_config_path(config, env)
+    path = resolve_config_path(config, env, default_file)
     layers: list[tuple[Source, dict[str, Any]]] = []
     if path is not None:
         layers.append(("file", _flatten(_read_file(path))))

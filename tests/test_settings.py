@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from pathlib import Path
@@ -25,6 +26,10 @@ REQUIRED = {
 }
 
 
+# Never the machine's own /etc/kiosk/kiosk.toml.
+load = functools.partial(settings.load, default_file=None)
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -32,12 +37,12 @@ def write(path: Path, text: str) -> Path:
 
 def problems(config: Path | None, environ: dict[str, str]) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        settings.load(config, environ=environ)
+        load(config, environ=environ)
     return caught.value.problems
 
 
 def test_environment_and_defaults_alone_are_enough() -> None:
-    loaded = settings.load(None, environ={**REQUIRED, "STATE_DIRECTORY": "/var/lib/kiosk-a:/x"})
+    loaded = load(None, environ={**REQUIRED, "STATE_DIRECTORY": "/var/lib/kiosk-a:/x"})
     s = loaded.settings
     assert loaded.config_file is None
     assert s.id == "vm-lobby-1"
@@ -54,7 +59,7 @@ def test_environment_and_defaults_alone_are_enough() -> None:
 
 
 def test_state_dir_defaults_to_var_lib_kiosk_outside_systemd() -> None:
-    assert settings.load(None, environ=REQUIRED).settings.state_dir == Path("/var/lib/kiosk")
+    assert load(None, environ=REQUIRED).settings.state_dir == Path("/var/lib/kiosk")
 
 
 def test_later_sources_win_file_then_env_then_credentials(tmp_path: Path) -> None:
@@ -81,7 +86,7 @@ def test_later_sources_win_file_then_env_then_credentials(tmp_path: Path) -> Non
         "KIOSK_STRIPE__API_KEY": API_KEY,
         "CREDENTIALS_DIRECTORY": str(creds),
     }
-    loaded = settings.load(config, environ=env)
+    loaded = load(config, environ=env)
     s = loaded.settings
     assert s.id == "from-env"
     assert s.max_amount == 500
@@ -107,7 +112,7 @@ def test_a_credentials_directory_without_our_files_changes_nothing(tmp_path: Pat
     creds = tmp_path / "credentials"
     creds.mkdir()
     write(creds / "unrelated", "x")
-    loaded = settings.load(None, environ={**REQUIRED, "CREDENTIALS_DIRECTORY": str(creds)})
+    loaded = load(None, environ={**REQUIRED, "CREDENTIALS_DIRECTORY": str(creds)})
     assert loaded.sources["stripe.api_key"] == "env"
     assert loaded.settings.mqtt.password is None
 
@@ -116,16 +121,16 @@ def test_the_config_file_comes_from_the_option_else_kiosk_config(tmp_path: Path)
     a = write(tmp_path / "a.toml", 'id = "from-a"\n')
     b = write(tmp_path / "b.toml", 'id = "from-b"\n')
     env = {k: v for k, v in REQUIRED.items() if k != "KIOSK_ID"} | {"KIOSK_CONFIG": str(b)}
-    assert settings.load(None, environ=env).settings.id == "from-b"
-    assert settings.load(None, environ=env).config_file == b
-    assert settings.load(a, environ=env).settings.id == "from-a"
+    assert load(None, environ=env).settings.id == "from-b"
+    assert load(None, environ=env).config_file == b
+    assert load(a, environ=env).settings.id == "from-a"
 
 
 def test_currencies_are_a_toml_list_or_a_comma_separated_variable(tmp_path: Path) -> None:
     config = write(tmp_path / "k.toml", 'currency = ["usd", "cad"]\n')
-    assert settings.load(config, environ=REQUIRED).settings.currency == ("usd", "cad")
+    assert load(config, environ=REQUIRED).settings.currency == ("usd", "cad")
     env = REQUIRED | {"KIOSK_CURRENCY": "eur, gbp"}
-    assert settings.load(None, environ=env).settings.currency == ("eur", "gbp")
+    assert load(None, environ=env).settings.currency == ("eur", "gbp")
 
 
 @pytest.mark.parametrize(
@@ -138,7 +143,7 @@ def test_currencies_are_a_toml_list_or_a_comma_separated_variable(tmp_path: Path
     ],
 )
 def test_broker_urls_that_are_accepted(url: str, host: str, port: int, *, tls: bool, unix_path: str | None) -> None:
-    mqtt = settings.load(None, environ=REQUIRED | {"KIOSK_MQTT__URL": url}).settings.mqtt
+    mqtt = load(None, environ=REQUIRED | {"KIOSK_MQTT__URL": url}).settings.mqtt
     assert (mqtt.host, mqtt.port, mqtt.tls, mqtt.unix_path) == (host, port, tls, unix_path)
 
 
@@ -323,7 +328,7 @@ def test_an_unreadable_credential_is_named(tmp_path: Path) -> None:
 def test_effective_settings_mask_secrets_and_say_where_each_came_from(tmp_path: Path) -> None:
     config = write(tmp_path / "k.toml", "max_amount = 2500\n")
     env = REQUIRED | {"KIOSK_MQTT__PASSWORD": PASSWORD}
-    rows = {key: (value, source) for key, value, source in settings.effective(settings.load(config, environ=env))}
+    rows = {key: (value, source) for key, value, source in settings.effective(load(config, environ=env))}
     assert rows["stripe.api_key"] == ("sk_test_********", "env")
     assert rows["mqtt.password"] == ("********", "env")
     assert rows["max_amount"] == ("2500", "file")
@@ -380,13 +385,13 @@ def test_the_example_sets_nothing_and_holds_no_secret() -> None:
 
 
 def test_the_example_documents_every_setting_but_the_secrets() -> None:
-    loaded = settings.load(None, environ=REQUIRED)
+    loaded = load(None, environ=REQUIRED)
     every = {key for key, _, _ in settings.effective(loaded)}
     assert example_keys().keys() == every - settings.SECRET_KEYS
 
 
 def test_the_defaults_in_the_example_are_the_real_defaults(tmp_path: Path) -> None:
-    defaults = settings._flatten(settings.load(None, environ=REQUIRED).settings.model_dump())
+    defaults = settings._flatten(load(None, environ=REQUIRED).settings.model_dump())
     for key, value in example_keys().items():
         if key in NO_DEFAULT:
             continue
@@ -396,19 +401,19 @@ def test_the_defaults_in_the_example_are_the_real_defaults(tmp_path: Path) -> No
     # And the example values of the rest are valid: uncommented, it loads.
     config = write(tmp_path / "kiosk.toml", uncommented_example())
     env = {"KIOSK_STRIPE__API_KEY": API_KEY}
-    loaded = settings.load(config, environ=env)
+    loaded = load(config, environ=env)
     assert loaded.settings.stripe.reader_id.startswith("tmr_")
     assert {s for k, s in loaded.sources.items() if k not in settings.SECRET_KEYS} == {"file"}
 
 
 def test_the_example_as_shipped_loads_with_the_required_values_from_the_environment() -> None:
-    loaded = settings.load(EXAMPLE, environ=REQUIRED)
+    loaded = load(EXAMPLE, environ=REQUIRED)
     assert loaded.config_file == EXAMPLE
     assert loaded.settings.id == "vm-lobby-1"
 
 
 def test_secrets_never_print_from_the_settings_object() -> None:
-    loaded = settings.load(None, environ=REQUIRED | {"KIOSK_MQTT__PASSWORD": PASSWORD})
+    loaded = load(None, environ=REQUIRED | {"KIOSK_MQTT__PASSWORD": PASSWORD})
     for text in (repr(loaded), str(loaded.settings), loaded.settings.model_dump_json(), f"{loaded.settings.stripe}"):
         assert API_KEY not in text
         assert PASSWORD not in text
