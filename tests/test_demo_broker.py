@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kiosk.demo.broker import EmbeddedBroker
+from kiosk.demo.broker import EmbeddedBroker, EmbeddedBrokerError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -361,6 +361,27 @@ async def test_will_is_not_published_on_graceful_disconnect(
         ]
 
 
+async def test_will_with_a_delay_interval_is_published_once_the_delay_is_over(
+    embedded: EmbeddedBroker,
+) -> None:
+    will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+    will_props.WillDelayInterval = 1
+    will = aiomqtt.Will("vend/v1/kioskd/state", b"late", qos=1, properties=will_props)
+    async with make_client(embedded, V5) as controller:
+        await controller.subscribe("vend/v1/kioskd/state", qos=1)
+        async with make_client(embedded, V5, "kioskd-k1", persistent=True, will=will) as daemon:
+            connection = embedded._sessions["kioskd-k1"].connection
+            assert connection is not None
+            assert connection.task is not None
+            drop_connection(daemon)
+            await asyncio.wait([connection.task], timeout=WAIT_S)
+            assert embedded._sessions["kioskd-k1"].connection is None
+        # The broker saw the connection end; the Will waits out its delay, so a message sent
+        # now overtakes it.
+        await controller.publish("vend/v1/kioskd/state", b"marker", qos=1)
+        assert [m for _, m in await received(controller, 2)] == [b"marker", b"late"]
+
+
 async def test_will_is_published_when_keepalive_runs_out(embedded: EmbeddedBroker) -> None:
     async with make_client(embedded, V311) as controller:
         await controller.subscribe("vend/v1/kioskd/state", qos=1)
@@ -477,6 +498,7 @@ async def test_same_client_id_takes_the_session_over(
 
 
 async def assert_still_serving(broker: EmbeddedBroker) -> None:
+    assert broker.internal_errors == 0
     async with make_client(broker, V5) as client:
         await client.subscribe("health", qos=1)
         await client.publish("health", b"ok", qos=1)
@@ -517,6 +539,97 @@ async def test_mqtt5_client_is_told_why_it_is_disconnected(embedded: EmbeddedBro
         await close(writer)
     assert data[0] == 0x20  # CONNACK
     assert data.endswith(b"\xe0\x02\x82\x00")  # DISCONNECT, protocol error
+
+
+def u16(value: int) -> bytes:
+    return struct.pack("!H", value)
+
+
+def u32(value: int) -> bytes:
+    return struct.pack("!I", value)
+
+
+def _pkt(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def _props(version: int, *items: bytes) -> bytes:
+    if version != 5:
+        return b""
+    blob = b"".join(items)
+    return _varint(len(blob)) + blob
+
+
+def full_conversation(version: int, client_id: str) -> bytes:
+    """Every packet type a client sends, with MQTT 5 properties where the version has them."""
+    connect = _str("MQTT") + bytes([version, 0x02 | 0x04 | 0x08]) + u16(60)
+    connect += _props(version, b"\x11" + u32(60), b"\x21" + u16(10))
+    connect += _str(client_id) + _props(version, b"\x18" + u32(0), b"\x02" + u32(30))
+    connect += _str("will/t") + _str("bye")
+    options = 0x2A if version == 5 else 0x02  # QoS 2; MQTT 5: retain as published, handling 2
+    subscribe = u16(1) + _props(version, b"\x0b\x05")
+    subscribe += _str("a/+") + bytes([options]) + _str("b/#") + bytes([options])
+    user_property = b"\x26" + _str("k") + _str("v")
+    publish_props = _props(version, b"\x02" + u32(5), b"\x03" + _str("application/json"), user_property)
+    disconnect = b"\x04" + _props(version, b"\x11" + u32(0)) if version == 5 else b""
+    return b"".join(
+        [
+            _pkt(0x10, connect),
+            _pkt(0x82, subscribe),
+            _pkt(0x33, _str("a/x") + u16(2) + publish_props + b"{}"),  # QoS 1, retained
+            _pkt(0x34, _str("b/y") + u16(3) + _props(version) + b"z"),  # QoS 2
+            _pkt(0x62, u16(3)),  # PUBREL
+            _pkt(0xA2, u16(4) + _props(version) + _str("a/+")),
+            b"\xc0\x00",  # PINGREQ
+            _pkt(0xE0, disconnect),
+        ]
+    )
+
+
+def packet_types(data: bytes) -> list[int]:
+    types, pos = [], 0
+    while pos < len(data):
+        types.append(data[pos] >> 4)
+        length, shift = 0, 0
+        pos += 1
+        while True:
+            length |= (data[pos] & 0x7F) << shift
+            shift += 7
+            pos += 1
+            if not data[pos - 1] & 0x80:
+                break
+        pos += length
+    return types
+
+
+@pytest.mark.parametrize("version", [4, 5])
+async def test_every_client_packet_type_is_answered(embedded: EmbeddedBroker, version: int) -> None:
+    reader, writer = await raw_session(embedded, full_conversation(version, "all"))
+    try:
+        data = await read_until_closed(reader)
+    finally:
+        await close(writer)
+    # CONNACK, SUBACK, own retained PUBLISH, PUBACK, own QoS 2 PUBLISH (as QoS 1), PUBREC, PUBCOMP,
+    # UNSUBACK, PINGRESP; then the broker closes after DISCONNECT.
+    assert packet_types(data) == [2, 9, 3, 4, 3, 5, 7, 11, 13]
+    assert data[2:4] == b"\x00\x00"  # CONNACK: new session, accepted
+    assert embedded.internal_errors == 0
+
+
+async def test_mutated_packets_never_break_the_broker(embedded: EmbeddedBroker) -> None:
+    rng = random.Random(7)
+    for n in range(300):
+        data = bytearray(full_conversation(4 + n % 2, f"mutant-{n}"))
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del data[rng.randrange(len(data)) :]
+        reader, writer = await raw_session(embedded, bytes(data))
+        reply = asyncio.create_task(reader.read())
+        await asyncio.wait([reply], timeout=0.02)
+        reply.cancel()
+        await close(writer)
+    await assert_still_serving(embedded)
 
 
 async def test_random_bytes_after_connect_never_stop_the_broker(embedded: EmbeddedBroker) -> None:
@@ -561,6 +674,13 @@ async def test_broker_in_a_thread_serves_and_stops() -> None:
         handle.stop()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(HOST, handle.port)
+
+
+async def test_port_in_use_is_a_clear_error(embedded: EmbeddedBroker) -> None:
+    with pytest.raises(EmbeddedBrokerError, match=f"cannot listen on 127.0.0.1:{embedded.port}"):
+        await EmbeddedBroker(port=embedded.port).start()
+    with pytest.raises(EmbeddedBrokerError):
+        EmbeddedBroker(port=embedded.port).start_in_thread()
 
 
 async def test_url_names_the_port_it_listens_on() -> None:

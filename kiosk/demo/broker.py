@@ -148,6 +148,8 @@ class EmbeddedBroker:
         self._retained: dict[str, _Message] = {}
         self._connections: set[_Connection] = set()
         self._stopping = False
+        # Unexpected exceptions while serving a client (bugs); stays 0 in a healthy broker.
+        self.internal_errors = 0
 
     @property
     def port(self) -> int:
@@ -225,6 +227,12 @@ class EmbeddedBroker:
         self._connections.add(conn)
         try:
             await conn.serve()
+        except Exception:
+            # A bug, not a client's fault: one client's trouble must not end the demo. Counted so
+            # the tests see it; the client is cut off.
+            self.internal_errors += 1
+            log.exception("broker.internal_error")
+            conn.abort()
         finally:
             self._connections.discard(conn)
             self._closed(conn)
