@@ -6,6 +6,9 @@ expiry, Wills, persistent sessions with redelivery of unacknowledged messages, s
 `+` and `#` wildcards. It is a demo part, never imported by the daemon at runtime; production
 kiosks run Mosquitto.
 
+Use it as `async with EmbeddedBroker() as broker: ... broker.url ...` inside an event loop, or
+`handle = EmbeddedBroker().start_in_thread(); ...; handle.stop()` from synchronous code.
+
 House rules:
 - One event loop, no locks: routing a message is synchronous (no await between matching a
   subscription and writing to the subscriber), so sessions never change under our feet.
@@ -17,6 +20,11 @@ House rules:
   topic aliases from clients (protocol error: the broker advertises none), enhanced
   authentication (CONNACK "bad authentication method"). Username and password are accepted and
   ignored. Nothing is persisted to disk: a stopped broker forgets everything.
+- Limits: packets up to 256 KiB (larger ones end the sender's connection; an MQTT 5 client's own
+  Maximum Packet Size is respected when sending to it), 10,000 queued QoS 1 messages per offline
+  session and 10,000 retained topics (beyond: dropped, with a warning), a client's Receive Maximum
+  bounds its unacknowledged messages, and a client more than 8 MiB behind is disconnected.
+  QoS 0 messages are not queued for offline sessions (as Mosquitto's default).
 - Times that belong to messages and sessions (message expiry, session expiry) follow the injectable
   `clock`; the keep-alive timeout and the MQTT 5 Will Delay Interval use the event loop's timers.
 """
