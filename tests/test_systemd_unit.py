@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiosk import settings
+from kiosk import cli, settings
 from kiosk.systemd import Notifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +80,12 @@ def test_the_daemon_starts_as_a_notify_service_from_the_active_release(unit: Uni
     assert one(unit, "Service", "NotifyAccess") == "main"
     argv = one(unit, "Service", "ExecStart").split()
     assert argv == ["/opt/kiosk/current/bin/kiosk", "run", "--config", "/etc/kiosk/kiosk.toml"]
+    # kiosk's own command line accepts exactly these arguments.
+    parser, commands = cli._parser()
+    args = parser.parse_args(argv[1:])
+    assert args.command == "run"
+    assert "run" in commands
+    assert args.config == "/etc/kiosk/kiosk.toml"
 
 
 def test_the_watchdog_is_fed_at_half_its_period(unit: Unit) -> None:
