@@ -100,12 +100,15 @@ class Incoming:
         self._receipt.settle()
 
 
-class _ManualAck:
-    """The one place kiosk reaches into aiomqtt's privates: manual QoS 1 acknowledgement.
+class _Paho:
+    """The one place kiosk reaches into aiomqtt's privates: the paho client underneath.
 
-    aiomqtt 2.x acknowledges a message as soon as it is queued in memory, so a crash before the
-    journal commit loses it. Manual acks are not public API in 2.x (upstream aiomqtt #345, PR
-    #346); the paho client underneath supports them. Drop this class when aiomqtt has them.
+    Manual acknowledgement: aiomqtt 2.x acknowledges a message as soon as it is queued in memory,
+    so a crash before the journal commit loses it. Manual acks are not public API in 2.x
+    (upstream aiomqtt #345, PR #346); the paho client supports them.
+
+    Hanging up: aiomqtt 2.x leaves the socket open when a connect attempt fails after TCP
+    connected (no CONNACK in time, or cancelled). Drop both uses when aiomqtt grows them.
     """
 
     def __init__(self, client: aiomqtt.Client) -> None:
@@ -117,11 +120,16 @@ class _ManualAck:
         """Send PUBACK for `mid`; whether paho queued it."""
         return self._paho.ack(mid, qos) == paho.MQTT_ERR_SUCCESS
 
+    def hang_up(self) -> None:
+        """Close whatever a failed attempt left open (paho sends DISCONNECT, then closes)."""
+        if self._paho.socket() is not None:
+            self._paho.disconnect()
+
 
 class _Link:
     """One live connection: its client, its acks, and the publishes waiting on it."""
 
-    def __init__(self, client: aiomqtt.Client, acks: _ManualAck, number: int) -> None:
+    def __init__(self, client: aiomqtt.Client, acks: _Paho, number: int) -> None:
         self.client = client
         self.number = number
         self.up = True
@@ -352,10 +360,12 @@ class Bus:
         if task is None or task.done():
             return
         task.cancel()
-        # The graceful DISCONNECT (no Will) is bounded by request_timeout_s inside the task.
-        done, _ = await asyncio.wait({task}, timeout=self._timeout_s + 2)
+        # Bounded inside the task: a connect attempt in flight (TCP 5 s, then CONNACK) and the
+        # graceful DISCONNECT (no Will) each wait at most request_timeout_s.
+        bound = 2 * self._timeout_s + 6
+        done, _ = await asyncio.wait({task}, timeout=bound)
         if not done:
-            log.warning("bus.close_timeout", timeout_s=self._timeout_s + 2)
+            log.warning("bus.close_timeout", timeout_s=bound)
 
     # -- the connection loop ---------------------------------------------------------------------
 
@@ -379,16 +389,20 @@ class Bus:
         while True:
             number += 1
             client = self._client()
-            acks = _ManualAck(client)
+            acks = _Paho(client)
             link: _Link | None = None
             connected_at = 0.0
             reason = "connection ended"
             try:
-                async with client:
+                await self._open(client, acks)
+                try:
                     link = _Link(client, acks, number)
                     await self._subscribe(client)
                     connected_at = self._clock()
                     await self._serve(link)
+                except BaseException as exc:
+                    await client.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
             except aiomqtt.MqttError as exc:
                 if (task := asyncio.current_task()) is not None and task.cancelling():
                     # A graceful disconnect that failed while closing: closing still wins.
@@ -409,6 +423,24 @@ class Bus:
             )
             attempt += 1
             await self._sleep(delay)
+
+    async def _open(self, client: aiomqtt.Client, acks: _Paho) -> None:
+        """Connect, leaving no half-open connection behind when the attempt fails or is cancelled."""
+        attempt = asyncio.ensure_future(client.__aenter__())
+        try:
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            # Closing mid-connect: paho may still be connecting in a worker thread, so let the
+            # attempt end (bounded by its timeouts), then hang up, and go on closing.
+            await asyncio.wait({attempt})
+            if attempt.cancelled() or attempt.exception() is not None:
+                acks.hang_up()
+            else:
+                await client.__aexit__(None, None, None)
+            raise
+        except aiomqtt.MqttError:
+            acks.hang_up()
+            raise
 
     async def _serve(self, link: _Link) -> None:
         """Deliver messages until the connection ends; run on_connect beside it."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import json
 import random
 import signal
@@ -407,3 +409,147 @@ async def test_unix_socket_transport(tmp_path_factory: pytest.TempPathFactory) -
             incoming = await next_incoming(bus)
             incoming.ack()
     assert incoming.payload == b"over unix"
+
+
+def _write_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    from cryptography import x509  # noqa: PLC0415 - only this test needs it
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        issue("kiosk test CA", ca_key, name("kiosk test CA"), ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {"ca": directory / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role, usage, san in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH, x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH, x509.DNSName("kioskd-tls")),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            issue(f"kiosk test {role}", key, ca.subject, ca_key)
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        files[f"{role}_cert"] = directory / f"{role}.pem"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"] = directory / f"{role}.key"
+        files[f"{role}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return files
+
+
+async def test_mqtts_with_a_client_certificate(tmp_path_factory: pytest.TempPathFactory) -> None:
+    workdir = tmp_path_factory.mktemp("mosquitto-tls")
+    pki = await asyncio.to_thread(_write_pki, workdir)
+    tls_port = free_port()
+    broker = Mosquitto(
+        workdir,
+        extra_config=[
+            f"listener {tls_port} 127.0.0.1",
+            f"cafile {pki['ca']}",
+            f"certfile {pki['server_cert']}",
+            f"keyfile {pki['server_key']}",
+            "require_certificate true",
+        ],
+    )
+    with broker:
+        bus = Bus(
+            MqttSettings(
+                url=f"mqtts://127.0.0.1:{tls_port}",
+                ca_file=pki["ca"],
+                cert_file=pki["client_cert"],
+                key_file=pki["client_key"],
+            ),
+            client_id="kioskd-tls",
+            subscriptions=["vend/v1/order/+/request"],
+        )
+        async with bus:
+            async with asyncio.timeout(WAIT_S):
+                await bus.wait_connected()
+            await bus.publish("vend/v1/order/t1/request", b"over tls")
+            incoming = await next_incoming(bus)
+            incoming.ack()
+    assert incoming.payload == b"over tls"
+
+
+async def test_a_broker_that_never_answers_gets_no_half_open_connections() -> None:
+    accepted: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    third = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append((reader, writer))  # accept the TCP connection, never send CONNACK
+        if len(accepted) >= 3:
+            third.set()
+
+    async def hung_up(reader: asyncio.StreamReader) -> bool:
+        async with asyncio.timeout(WAIT_S):
+            await reader.read()  # the CONNECT packet (and a DISCONNECT), then end of stream
+        return reader.at_eof()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        bus = Bus(
+            MqttSettings(url=f"mqtt://127.0.0.1:{port}"),
+            client_id="kioskd-silent",
+            request_timeout_s=0.3,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.02,
+            rng=random.Random(4),
+        )
+        async with bus:
+            async with asyncio.timeout(WAIT_S):
+                await third.wait()
+            # Attempts that timed out waiting for CONNACK were hung up, not left open.
+            assert [await hung_up(reader) for reader, _ in accepted[:2]] == [True, True]
+        # Closing in the middle of an attempt hangs that one up too.
+        assert [await hung_up(reader) for reader, _ in accepted] == [True] * len(accepted)
+        assert bus._task is not None
+        assert bus._task.done()
+        for _, writer in accepted:
+            writer.close()
+            await writer.wait_closed()
