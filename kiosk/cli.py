@@ -77,15 +77,11 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
     commands: dict[str, Command] = {}
 
     check = sub.add_parser("check-config", help="validate and print the effective configuration")
-    check.add_argument(
-        "--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)"
-    )
+    check.add_argument("--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)")
     commands["check-config"] = _cmd_check_config
 
     run = sub.add_parser("run", help="the payments daemon (systemd Type=notify)")
-    run.add_argument(
-        "--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)"
-    )
+    run.add_argument("--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)")
     commands["run"] = _cmd_run
 
     simulator = sub.add_parser("simulator", help="the Stripe API simulator alone (docs/simulator.md)")
@@ -109,9 +105,7 @@ def _dispatch(argv: Sequence[str] | None, out: TextIO) -> int:
     return commands[args.command](args, out)
 
 
-def main(
-    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
-) -> int:
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the command line; returns the exit code."""
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
