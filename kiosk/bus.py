@@ -6,7 +6,9 @@ House rules of the adapter:
   wait for it at the broker.
 - The broker's delivery of a message is acknowledged only when the runner calls
   `Incoming.ack()`, after its journal commit. A message that was never acknowledged comes back
-  (flagged duplicate) after a crash or reconnect; receivers dedupe on the envelope `id`.
+  after a crash or reconnect (so the runner may see it twice); the runner dedupes on the
+  envelope `id`. Every delivery must be acknowledged once handled, rejected ones included: the
+  broker stops sending when its in-flight window is full of unacknowledged messages.
 - Every connection gets a fresh aiomqtt client. Packet ids (mids) belong to one connection, so an
   acknowledgement for a message of an older connection is dropped, never sent on the new one
   where that mid may name a different message.
@@ -45,8 +47,9 @@ if TYPE_CHECKING:
 log = logs.get("bus")
 
 # How long the broker keeps an MQTT 5 session (subscriptions and queued QoS 1 messages) while
-# kiosk is away: long enough for a reboot or an update, bounded so a retired kiosk id is cleaned up.
-SESSION_EXPIRY_S: Final = 7 * 24 * 3600
+# kiosk is away: long enough for a reboot, an update or a night without power; bounded so orders
+# from days ago do not pile up for a kiosk id that was retired.
+SESSION_EXPIRY_S: Final = 24 * 3600
 # Every subscription is QoS 1: at-least-once is what the journal's dedupe is built for.
 SUBSCRIBE_QOS: Final = 1
 
@@ -219,7 +222,9 @@ class Bus:
         will: published by the broker (retained) when kiosk disappears without saying goodbye.
         subscriptions: topic filters, subscribed at QoS 1 after every connect.
         on_connect: awaited after each connect and subscribe (republish state, flush the outbox);
-            runs beside message delivery, and is awaited before `on_disconnect`.
+            runs beside message delivery; after a loss it gets request_timeout_s to finish (its
+            publishes fail fast with BusUnavailable) before it is cancelled and `on_disconnect`
+            runs. Anything else it raises is logged, and the bus carries on.
         on_disconnect: awaited after a connection is lost (not when the bus is closed).
         protocol: 5 for MQTT 5, 4 for MQTT 3.1.1.
         backoff_initial_s: the first reconnect delay window.
@@ -229,6 +234,9 @@ class Bus:
         rng: randomness for the backoff jitter.
         sleep: how to wait between attempts (tests pass a fake).
         clock: monotonic seconds (tests pass a fake).
+
+    Attributes:
+        reconnects: connections made after the first (for the fleet health report).
     """
 
     def __init__(  # noqa: PLR0913 - every knob is a documented setting or a test seam
@@ -475,7 +483,11 @@ class Bus:
             if (task := asyncio.current_task()) is not None and task.cancelling():
                 hook.cancel()
             try:
-                await asyncio.wait({hook})
+                done, _ = await asyncio.wait({hook}, timeout=self._timeout_s)
+                if not done:
+                    log.warning("bus.hook_cancelled", hook="on_connect", waited_s=self._timeout_s)
+                    hook.cancel()
+                    await asyncio.wait({hook})
             except asyncio.CancelledError:
                 hook.cancel()
                 raise
