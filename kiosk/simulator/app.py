@@ -121,7 +121,7 @@ class Simulator:
         with self._lock:
             return self.readers.register(params, self.now()).id
 
-    def set_reader_online(self, reader_id: str, online: bool) -> None:  # noqa: FBT001
+    def set_reader_online(self, reader_id: str, *, online: bool) -> None:
         """Give or take the reader's signal; after two minutes without it the reader is `offline`."""
         with self._lock:
             self.readers.set_online(self.readers.get(reader_id), online, self.now())
@@ -134,7 +134,7 @@ class Simulator:
         with self._lock:
             self.readers.get(reader_id).timeouts.extend([false_negative] * count)
 
-    def reader_hardware_fault(self, reader_id: str, faulty: bool = True) -> None:  # noqa: FBT001, FBT002
+    def reader_hardware_fault(self, reader_id: str, *, faulty: bool = True) -> None:
         """Reader commands answer `terminal_reader_hardware_fault` until cleared."""
         with self._lock:
             self.readers.get(reader_id).hardware_fault = faulty
@@ -411,6 +411,11 @@ class ThreadHandle:
             raise RuntimeError("the simulator did not start within 10 seconds")
         if self._error is not None:
             raise RuntimeError(f"the simulator could not start: {self._error}") from self._error
+
+    @property
+    def simulator(self) -> Simulator:
+        """The simulator being served."""
+        return self._sim
 
     @property
     def url(self) -> str:

@@ -106,7 +106,7 @@ def _register(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> Any
 
 @_route("POST", "/readers/{}/online")
 def _online(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> Any:
-    sim.set_reader_online(ids[0], to_bool(body.get("online", True), "online"))
+    sim.set_reader_online(ids[0], online=to_bool(body.get("online", True), "online"))
     return {"id": ids[0], "online": sim.readers.get(ids[0]).online}
 
 
@@ -119,7 +119,7 @@ def _timeout(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> Any:
 
 @_route("POST", "/readers/{}/hardware_fault")
 def _hardware(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> Any:
-    sim.reader_hardware_fault(ids[0], to_bool(body.get("faulty", True), "faulty"))
+    sim.reader_hardware_fault(ids[0], faulty=to_bool(body.get("faulty", True), "faulty"))
     return {"id": ids[0], "hardware_fault": sim.readers.get(ids[0]).hardware_fault}
 
 

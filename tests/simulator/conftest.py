@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import stripe
 
 from kiosk.simulator import Simulator
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 KEY = "sk_test_kiosk"
 
@@ -66,4 +68,4 @@ async def fixture_served() -> AsyncIterator[Served]:
             try:
                 yield Served(sim, endpoint.url, client, http)
             finally:
-                await http_client.close_async()
+                await http_client.close_async()  # type: ignore[no-untyped-call]

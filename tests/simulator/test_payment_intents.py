@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import stripe
 
 from kiosk.simulator.cards import DAY
-from tests.simulator.conftest import Served
 from tests.simulator.schema import assert_conforms, require_reference
+
+if TYPE_CHECKING:
+    from tests.simulator.conftest import Served
 
 
 def conforms(obj: Any) -> None:
@@ -60,7 +62,9 @@ async def test_retrieve_missing_is_404(served: Served) -> None:
 
 async def test_update_amount_and_metadata(served: Served) -> None:
     pi = await served.pi(1000, metadata={"a": "1", "b": "2"})
-    updated = await served.client.v1.payment_intents.update_async(pi.id, params={"amount": 1500, "metadata": {"a": "", "c": "3"}})
+    updated = await served.client.v1.payment_intents.update_async(
+        pi.id, params={"amount": 1500, "metadata": {"a": "", "c": "3"}}
+    )
     assert updated.amount == 1500
     assert updated.metadata.to_dict() == {"b": "2", "c": "3"}
     conforms(updated)
@@ -100,16 +104,18 @@ async def test_search_metadata_and_status(served: Served) -> None:
     )
     assert [p.id for p in held.data] == [c.id]
     with pytest.raises(stripe.InvalidRequestError):
-        await served.client.v1.payment_intents.search_async(params={"query": "status:'x' AND amount>1 OR currency:'usd'"})
+        await served.client.v1.payment_intents.search_async(
+            params={"query": "status:'x' AND amount>1 OR currency:'usd'"}
+        )
 
 
 async def test_search_indexing_lag(served: Served) -> None:
     served.sim.set_search_lag(60)
     pi = await served.pi(1000, metadata={"kiosk_id": "lag"})
     query = {"query": "metadata['kiosk_id']:'lag'"}
-    assert (await served.client.v1.payment_intents.search_async(params=query)).data == []
+    assert (await served.client.v1.payment_intents.search_async(params=query)).data == []  # type: ignore[arg-type]
     served.sim.advance(61)
-    assert [p.id for p in (await served.client.v1.payment_intents.search_async(params=query)).data] == [pi.id]
+    assert [p.id for p in (await served.client.v1.payment_intents.search_async(params=query)).data] == [pi.id]  # type: ignore[arg-type]
 
 
 async def test_full_and_partial_capture(served: Served) -> None:
@@ -120,7 +126,9 @@ async def test_full_and_partial_capture(served: Served) -> None:
     assert (captured.status, captured.amount_received, captured.amount_capturable) == ("succeeded", 1000, 0)
     conforms(captured)
     _, pi2 = await served.paid(1000)
-    partial = await served.client.v1.payment_intents.capture_async(pi2.id, params={"amount_to_capture": 600, "expand": ["latest_charge"]})
+    partial = await served.client.v1.payment_intents.capture_async(
+        pi2.id, params={"amount_to_capture": 600, "expand": ["latest_charge"]}
+    )
     assert partial.amount_received == 600
     charge = partial.latest_charge
     assert isinstance(charge, stripe.Charge)
@@ -141,7 +149,7 @@ async def test_capture_twice_is_unexpected_state(served: Served) -> None:
         await served.client.v1.payment_intents.capture_async(pi.id)
     assert info.value.code == "payment_intent_unexpected_state"
     assert info.value.json_body is not None
-    assert info.value.json_body["error"]["payment_intent"]["status"] == "succeeded"
+    assert info.value.json_body["error"]["payment_intent"]["status"] == "succeeded"  # type: ignore[index]
     assert served.sim.ledger().intents[-1].captures[0].amount == 1000
 
 
@@ -154,7 +162,9 @@ async def test_cancel_releases_authorisation(served: Served) -> None:
         await served.client.v1.payment_intents.cancel_async(pi.id)
     assert info.value.code == "payment_intent_unexpected_state"
     with pytest.raises(stripe.InvalidRequestError):
-        await served.client.v1.payment_intents.cancel_async((await served.pi()).id, params={"cancellation_reason": "bored"})  # type: ignore[typeddict-item]
+        await served.client.v1.payment_intents.cancel_async(
+            (await served.pi()).id, params={"cancellation_reason": "bored"}
+        )
 
 
 @pytest.mark.parametrize(

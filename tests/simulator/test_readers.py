@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import stripe
 
-from tests.simulator.conftest import Served
 from tests.simulator.schema import assert_conforms, require_reference
+
+if TYPE_CHECKING:
+    from tests.simulator.conftest import Served
 
 
 def conforms(reader: stripe.terminal.Reader) -> None:
@@ -20,14 +22,16 @@ async def retrieve(served: Served, reader: str) -> stripe.terminal.Reader:
     return await served.client.v1.terminal.readers.retrieve_async(reader)
 
 
-@pytest.mark.parametrize(("code", "device"), [("simulated-wpe", "simulated_wisepos_e"), ("simulated-s700", "simulated_stripe_s700")])
+@pytest.mark.parametrize(
+    ("code", "device"), [("simulated-wpe", "simulated_wisepos_e"), ("simulated-s700", "simulated_stripe_s700")]
+)
 async def test_register_retrieve_list(served: Served, code: str, device: str) -> None:
     reader_id = await served.reader(code)
     reader = await retrieve(served, reader_id)
     assert (reader.device_type, reader.status, reader.action) == (device, "online", None)
     assert reader.last_seen_at is not None
     conforms(reader)
-    listed = await served.client.v1.terminal.readers.list_async(params={"device_type": device})  # type: ignore[typeddict-item]
+    listed = await served.client.v1.terminal.readers.list_async(params={"device_type": device})
     assert [r.id for r in listed.data] == [reader_id]
 
 
@@ -53,7 +57,14 @@ async def test_process_then_present_authorises(served: Served) -> None:
     assert (await served.client.v1.payment_intents.retrieve_async(pi.id)).status == "requires_capture"
 
 
-TEST_AMOUNTS = {1: "call_issuer", 5: "generic_decline", 55: "incorrect_pin", 60: "online_or_offline_pin_required", 65: "withdrawal_count_limit_exceeded", 75: "pin_try_exceeded"}
+TEST_AMOUNTS = {
+    1: "call_issuer",
+    5: "generic_decline",
+    55: "incorrect_pin",
+    60: "online_or_offline_pin_required",
+    65: "withdrawal_count_limit_exceeded",
+    75: "pin_try_exceeded",
+}
 
 
 @pytest.mark.parametrize(("cents", "decline_code"), [(0, None), *TEST_AMOUNTS.items()])
@@ -105,7 +116,12 @@ async def test_decline_cards_then_retry_same_pi(served: Served, number: str, cod
 
 @pytest.mark.parametrize(
     ("number", "brand"),
-    [("5555555555554444", "mastercard"), ("378282246310005", "amex"), ("6011111111111117", "discover"), ("4242424242424242", "visa")],
+    [
+        ("5555555555554444", "mastercard"),
+        ("378282246310005", "amex"),
+        ("6011111111111117", "discover"),
+        ("4242424242424242", "visa"),
+    ],
 )
 async def test_brands(served: Served, number: str, brand: str) -> None:
     _, pi = await served.paid(1000, number)
@@ -124,7 +140,9 @@ async def test_interac(served: Served) -> None:
     done = await served.client.v1.test_helpers.terminal.readers.present_payment_method_async(reader, params=params)  # type: ignore[arg-type]
     assert done.action is not None
     assert done.action.status == "succeeded"
-    charge = (await served.client.v1.payment_intents.retrieve_async(pi.id, params={"expand": ["latest_charge"]})).latest_charge
+    charge = (
+        await served.client.v1.payment_intents.retrieve_async(pi.id, params={"expand": ["latest_charge"]})
+    ).latest_charge
     assert isinstance(charge, stripe.Charge)
     assert charge.payment_method_details is not None
     assert charge.payment_method_details.type == "interac_present"
@@ -144,7 +162,9 @@ async def test_collect_then_confirm(served: Served) -> None:
     assert method.card_present.brand == "mastercard"
     conforms(collected)
     assert (await served.client.v1.payment_intents.retrieve_async(pi.id)).status == "requires_confirmation"
-    confirmed = await served.client.v1.terminal.readers.confirm_payment_intent_async(reader, params={"payment_intent": pi.id})
+    confirmed = await served.client.v1.terminal.readers.confirm_payment_intent_async(
+        reader, params={"payment_intent": pi.id}
+    )
     assert confirmed.action is not None
     assert (confirmed.action.type, confirmed.action.status) == ("confirm_payment_intent", "succeeded")
     conforms(confirmed)
@@ -203,8 +223,16 @@ async def test_set_reader_display_replaces_unstarted_payment(served: Served) -> 
     reader = await served.reader()
     pi = await served.pi(1000)
     await served.process(reader, pi.id)
-    cart = {"currency": "usd", "line_items": [{"amount": 1000, "description": "Cola", "quantity": 1}], "tax": 0, "total": 1000}
-    shown = await served.client.v1.terminal.readers.set_reader_display_async(reader, params={"type": "cart", "cart": cart})
+    cart = {
+        "currency": "usd",
+        "line_items": [{"amount": 1000, "description": "Cola", "quantity": 1}],
+        "tax": 0,
+        "total": 1000,
+    }
+    shown = await served.client.v1.terminal.readers.set_reader_display_async(
+        reader,
+        params={"type": "cart", "cart": cart},  # type: ignore[typeddict-item]
+    )
     assert shown.action is not None
     assert (shown.action.type, shown.action.status) == ("set_reader_display", "succeeded")
     assert shown.action.set_reader_display is not None
@@ -219,7 +247,7 @@ async def test_set_reader_display_replaces_unstarted_payment(served: Served) -> 
 async def test_offline_after_two_minutes(served: Served) -> None:
     reader = await served.reader()
     pi = await served.pi()
-    served.sim.set_reader_online(reader, False)
+    served.sim.set_reader_online(reader, online=False)
     with pytest.raises(stripe.InvalidRequestError) as info:
         await served.process(reader, pi.id)
     assert info.value.code == "terminal_reader_timeout"
@@ -228,7 +256,7 @@ async def test_offline_after_two_minutes(served: Served) -> None:
     with pytest.raises(stripe.InvalidRequestError) as info:
         await served.process(reader, pi.id)
     assert info.value.code == "terminal_reader_offline"
-    served.sim.set_reader_online(reader, True)
+    served.sim.set_reader_online(reader, online=True)
     await served.process(reader, pi.id)
 
 

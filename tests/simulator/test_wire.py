@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 import pytest
 import stripe
 
 from kiosk.simulator.wire import StripeError, decode_form
-from tests.simulator.conftest import Served
+
+if TYPE_CHECKING:
+    from tests.simulator.conftest import Served
 
 
 def test_form_nesting_like_stripe() -> None:
@@ -44,12 +48,14 @@ async def test_no_key_is_401(served: Served) -> None:
 @pytest.mark.parametrize("key", ["sk_live_abcdef123456", "pk_test_abc", "nonsense"])
 async def test_non_test_keys_are_401(served: Served, key: str) -> None:
     http_client = stripe.HTTPXClient()
-    client = stripe.StripeClient(key, http_client=http_client, base_addresses={"api": served.url}, max_network_retries=0)
+    client = stripe.StripeClient(
+        key, http_client=http_client, base_addresses={"api": served.url}, max_network_retries=0
+    )
     try:
         with pytest.raises(stripe.AuthenticationError):
             await client.v1.payment_intents.list_async()
     finally:
-        await http_client.close_async()
+        await http_client.close_async()  # type: ignore[no-untyped-call]
     assert key not in str(await _raw_401(served.url, key))
 
 
@@ -68,7 +74,12 @@ async def test_restricted_test_key_and_basic_auth(served: Served) -> None:
 async def test_json_body_accepted(served: Served) -> None:
     response = await served.http.post(
         "/v1/payment_intents",
-        json={"amount": 700, "currency": "usd", "allowed_payment_method_types": ["card_present"], "metadata": {"a": "b"}},
+        json={
+            "amount": 700,
+            "currency": "usd",
+            "allowed_payment_method_types": ["card_present"],
+            "metadata": {"a": "b"},
+        },
     )
     assert response.status_code == 200
     assert response.json()["metadata"] == {"a": "b"}
@@ -95,7 +106,9 @@ async def test_version_header_echoed_and_bad_version_rejected(served: Served) ->
 
 async def test_new_versions_refuse_payment_method_types(served: Served) -> None:
     with pytest.raises(stripe.InvalidRequestError) as info:
-        await served.client.v1.payment_intents.create_async(params={"amount": 500, "currency": "usd", "payment_method_types": ["card_present"]})  # type: ignore[typeddict-unknown-key]
+        await served.client.v1.payment_intents.create_async(
+            params={"amount": 500, "currency": "usd", "payment_method_types": ["card_present"]}  # type: ignore[typeddict-unknown-key]
+        )
     assert info.value.code == "payment_method_types_no_longer_supported"
 
 
@@ -105,13 +118,17 @@ async def test_old_versions_take_payment_method_types(served: Served) -> None:
     assert old.status_code == 200
     assert old.json()["payment_method_types"] == ["card_present"]
     newer_param = {"amount": "500", "currency": "usd", "allowed_payment_method_types[0]": "card_present"}
-    refused = await served.http.post("/v1/payment_intents", data=newer_param, headers={"Stripe-Version": "2025-06-30.basil"})
+    refused = await served.http.post(
+        "/v1/payment_intents", data=newer_param, headers={"Stripe-Version": "2025-06-30.basil"}
+    )
     assert refused.json()["error"]["code"] == "parameter_unknown"
 
 
 async def test_expand_latest_charge(served: Served) -> None:
     _, pi = await served.paid()
-    expanded = await served.client.v1.payment_intents.retrieve_async(pi.id, params={"expand": ["latest_charge", "payment_method"]})
+    expanded = await served.client.v1.payment_intents.retrieve_async(
+        pi.id, params={"expand": ["latest_charge", "payment_method"]}
+    )
     assert isinstance(expanded.latest_charge, stripe.Charge)
     assert expanded.latest_charge.payment_method_details is not None
     assert expanded.payment_method is not None
