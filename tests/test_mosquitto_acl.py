@@ -97,26 +97,22 @@ class ShippedBroker(Mosquitto):
         (self.workdir / "acl").write_text(acl, encoding="utf-8")
 
 
-def _mosquitto_passwd() -> str:
-    found = shutil.which("mosquitto_passwd")
-    if find_binary() is None or found is None:
+def make_password_file(path: Path) -> None:
+    """The broker's password file for PASSWORDS, made as docs/install.md does."""
+    passwd = shutil.which("mosquitto_passwd")
+    if find_binary() is None or passwd is None:
         pytest.fail("mosquitto is not installed; scripts/test installs it (apt-get install mosquitto)")
-    return found
+    for index, (user, password) in enumerate(PASSWORDS.items()):
+        # -c creates the file, for the first user only.
+        create = ["-c"] if index == 0 else []
+        subprocess.run([passwd, "-b", *create, str(path), user, password], check=True, capture_output=True)
 
 
 @pytest.fixture(name="broker", scope="module")
 def fixture_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedBroker]:
     # A short directory: a unix socket path must fit in 108 bytes.
     workdir = tmp_path_factory.mktemp("acl")
-    passwd = _mosquitto_passwd()
-    for index, (user, password) in enumerate(PASSWORDS.items()):
-        # -c creates the file for the first user, as docs/install.md does.
-        create = ["-c"] if index == 0 else []
-        subprocess.run(
-            [passwd, "-b", *create, str(workdir / "passwd"), user, password],
-            check=True,
-            capture_output=True,
-        )
+    make_password_file(workdir / "passwd")
     broker = ShippedBroker(workdir)
     broker.start()
     try:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import aiomqtt
+import httpx
 import pytest
 
 from kiosk import cli, settings
+from kiosk.mosquitto import Mosquitto, free_port
 from kiosk.systemd import Notifier
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "kiosk.service"
@@ -313,3 +326,136 @@ def test_kiosk_runs_without_writable_executable_memory() -> None:
     assert result.returncode == 0, result.stderr
     # The probe's own W+X mapping was refused: MDWE was really on while kiosk's modules loaded.
     assert "mdwe-enforced" in result.stdout
+
+
+# --- the daemon inside the unit's /proc and memory restrictions ----------------------------------
+
+# The unit's `ProtectProc=invisible` and `ProcSubset=pid` become a /proc mounted with
+# hidepid=invisible,subset=pid in a private mount namespace (needs root), and
+# MemoryDenyWriteExecute the kernel's MDWE; then `kiosk run` must serve an order end to end
+# through the shipped broker set-up and stop with exit 0 on SIGTERM. This catches what would only
+# break on a device: a new dependency reading /proc/meminfo or /proc/sys, or one that needs
+# writable executable memory.
+_SANDBOXED = 'mount -t proc -o hidepid=invisible,subset=pid proc /proc && test ! -e /proc/meminfo && exec "$@"'
+_RUN_KIOSK = """
+import sys
+from kiosk.cli import main
+sys.exit(main(["run"]))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """A shipped-config broker, the Stripe simulator with a simulated reader, and kiosk's env."""
+
+    broker: Mosquitto
+    env: dict[str, str]
+    log: Path
+
+
+@pytest.fixture(name="stack")
+def fixture_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting a restricted /proc in a private mount namespace needs root and unshare")
+    # The ACL test module owns the shipped-broker helpers.
+    from tests.test_mosquitto_acl import (  # noqa: PLC0415
+        KIOSK_ID,
+        PASSWORDS,
+        ShippedBroker,
+        make_password_file,
+    )
+
+    work = tmp_path_factory.mktemp("sandbox")
+    make_password_file(work / "passwd")
+    broker = ShippedBroker(work)
+    broker.start()
+    port = free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "kiosk", "simulator", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        key = "sk_test_" + "Sandbox1" * 3
+        api = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=api, auth=(key, ""), timeout=5) as stripe_http:
+            for _ in range(200):
+                try:
+                    reply = stripe_http.post("/v1/terminal/readers", data={"registration_code": "simulated-wpe"})
+                    break
+                except httpx.ConnectError:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("kiosk simulator did not start")
+        credentials = work / "credentials"
+        credentials.mkdir()
+        (credentials / "stripe_api_key").write_text(key, encoding="utf-8")
+        (credentials / "mqtt_password").write_text(PASSWORDS["kioskd"], encoding="utf-8")
+        (work / "state").mkdir()
+        env = {
+            **os.environ,
+            "KIOSK_ID": KIOSK_ID,
+            "KIOSK_STATE_DIR": str(work / "state"),
+            "KIOSK_STRIPE__READER_ID": reply.json()["id"],
+            "KIOSK_STRIPE__API_BASE": api,
+            "KIOSK_MQTT__URL": f"mqtt://127.0.0.1:{broker.port}",
+            "KIOSK_MQTT__USERNAME": "kioskd",
+            "CREDENTIALS_DIRECTORY": str(credentials),
+        }
+        yield Stack(broker=broker, env=env, log=work / "kiosk.log")
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+        broker.kill()
+
+
+async def _serve_one_order(broker: Mosquitto, password: str) -> None:
+    async with aiomqtt.Client(broker.host, broker.port, username="controller", password=password) as controller:
+        await controller.subscribe("vend/v1/kioskd/state", qos=1)
+        await controller.subscribe("vend/v1/order/+/status", qos=1)
+        async with asyncio.timeout(20):
+            async for message in controller.messages:
+                if json.loads(str(message.payload, "utf-8"))["state"] == "online":
+                    break
+            request = {
+                "v": 1,
+                "id": "m-1",
+                "ts": "2026-01-01T00:00:00Z",
+                "order_id": "o-sandbox",
+                "amount": 250,
+                "currency": "usd",
+            }
+            await controller.publish("vend/v1/order/o-sandbox/request", json.dumps(request), qos=1)
+            async for message in controller.messages:
+                status = json.loads(str(message.payload, "utf-8"))
+                if status.get("order_id") == "o-sandbox" and status["state"] == "awaiting_card":
+                    return
+
+
+@pytest.mark.slow
+async def test_kiosk_serves_an_order_with_the_units_proc_and_memory_restrictions(
+    stack: Stack,
+) -> None:
+    from tests.test_mosquitto_acl import PASSWORDS  # noqa: PLC0415
+
+    with stack.log.open("wb") as out:
+        daemon = await asyncio.create_subprocess_exec(
+            *["unshare", "--mount", "sh", "-c", _SANDBOXED, "sh"],
+            *[sys.executable, "-c", _MDWE_LAUNCHER, _RUN_KIOSK],
+            env=stack.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await _serve_one_order(stack.broker, PASSWORDS["controller"])
+        daemon.send_signal(signal.SIGTERM)
+        # Within the unit's TimeoutStopSec, and cleanly.
+        async with asyncio.timeout(20):
+            assert await daemon.wait() == 0, stack.log.read_text(errors="replace")
+    except BaseException:
+        print(stack.log.read_text(errors="replace"))  # noqa: T201 - the daemon's side, for the report
+        raise
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
