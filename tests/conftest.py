@@ -12,6 +12,8 @@ from kiosk.mosquitto import Mosquitto, find_binary
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from kiosk.simulator import ThreadHandle
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -42,3 +44,15 @@ def fixture_persistent_broker(tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture(name="stripe_simulator")
+def fixture_stripe_simulator() -> Iterator[ThreadHandle]:
+    """kiosk's Stripe simulator (seed 0) served from its own thread: `.url`, `.simulator`, `.stop()`."""
+    from kiosk.simulator import Simulator  # noqa: PLC0415 - only tests that ask for it load it
+
+    handle = Simulator(seed=0).start_in_thread()
+    try:
+        yield handle
+    finally:
+        handle.stop()
