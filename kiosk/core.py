@@ -322,7 +322,8 @@ def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reaso
 
 def public_view(order: OrderData) -> tuple[object, ...]:
     """What the controller sees of an order; a change here means a new status message."""
-    return (order.state, order.reason, order.intent_id, order.card, order.captured_amount)
+    # The PI id alone is no news: the controller first sees it with `awaiting_card`.
+    return (order.state, order.reason, order.card, order.captured_amount)
 
 
 def _bump_seq(before: OrderData, after: OrderData) -> OrderData:

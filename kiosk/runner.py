@@ -547,12 +547,14 @@ class Runner:
                 await self._enqueue(self._republish(current))
             return
         async with live.lock:
-            order, reply = core.handle(live.order, event, self._clock())
+            before = live.order
+            order, reply = core.handle(before, event, self._clock())
             await self._save(live, order, type(event).__name__)
         if reply is not None:
             log.info("order.message_refused", order_id=order_id, code=reply.code, problem=reply.message)
             await self._reject(order_id, reply.code, reply.message, retryable=False, in_reply_to=event.message_id)
-        elif order == live.order and isinstance(event, VendReported):
+        elif order == before:
+            # A duplicate (redelivered) message: the controller hears the current truth again.
             await self._enqueue(self._republish(order))
         live.wake.set()
 

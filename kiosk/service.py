@@ -22,6 +22,7 @@ from kiosk.errors import BusUnavailable, UpstreamError
 from kiosk.gateway import Gateway
 from kiosk.journal import Journal, OutboxMessage
 from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, Policy
+from kiosk.reconciler import Reconciler
 from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
 from kiosk.settings import Settings
 from kiosk.systemd import Notifier
@@ -31,6 +32,8 @@ log = logs.get("service")
 SHUTDOWN_GRACE_S = 5.0
 IDLE_CHECK_S = 60.0
 UNAVAILABLE_CHECK_S = 10.0
+RECONCILE_FIRST_S = 5.0
+RECONCILE_EVERY_S = 300.0
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -74,6 +77,9 @@ class Service:
             outbox_ready=self._outbox_bell.set,
             on_outcome=self._observe,
             accepting=self.availability.refusal,
+        )
+        self.reconciler = Reconciler(
+            settings.id, self.journal, self.gateway, is_open=lambda order_id: self.runner.order(order_id) is not None
         )
         self.bus = Bus(
             settings.mqtt,
@@ -198,6 +204,16 @@ class Service:
             unavailable = self.availability.refusal() is not None
             await asyncio.sleep(UNAVAILABLE_CHECK_S if unavailable else IDLE_CHECK_S)
 
+    async def _reconcile(self) -> None:
+        await asyncio.sleep(RECONCILE_FIRST_S)
+        while True:
+            try:
+                report = await self.reconciler.run_once()
+                log.info("reconciler.pass", seen=report.seen, released=len(report.released), failed=len(report.failed))
+            except UpstreamError as exc:
+                log.warning("reconciler.search_failed", code=exc.code)
+            await asyncio.sleep(RECONCILE_EVERY_S)
+
     async def _watchdog(self, interval: float) -> None:
         while True:
             self.notifier.watchdog()
@@ -219,6 +235,7 @@ class Service:
                 tasks.create_task(self._consume(), name="consume")
                 tasks.create_task(self._publish_outbox(), name="outbox")
                 tasks.create_task(self._watch_reader(), name="reader-watch")
+                tasks.create_task(self._reconcile(), name="reconciler")
                 if self.notifier.watchdog_interval:
                     tasks.create_task(self._watchdog(self.notifier.watchdog_interval), name="watchdog")
                 stopper = tasks.create_task(self._stop.wait(), name="stop")
