@@ -399,7 +399,7 @@ class Bus:
             client = self._client()
             acks = _Paho(client)
             link: _Link | None = None
-            connected_at = 0.0
+            connected_at: float | None = None
             reason = "connection ended"
             try:
                 await self._open(client, acks)
@@ -415,8 +415,10 @@ class Bus:
                 if (task := asyncio.current_task()) is not None and task.cancelling():
                     # A graceful disconnect that failed while closing: closing still wins.
                     raise asyncio.CancelledError from exc
-                reason = str(exc) or type(exc).__name__
-            if link is not None and connected_at:
+                # aiomqtt wraps the loss in "Disconnected during message iteration"; say why.
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                reason = str(cause) or type(cause).__name__
+            if link is not None and connected_at is not None:
                 self._lose(link, reason)
                 await self._call(self._on_disconnect, "on_disconnect")
                 if self._clock() - connected_at >= self._backoff_max_s:

@@ -298,12 +298,7 @@ async def test_an_ack_from_a_dead_connection_is_not_sent_on_the_next(broker: Mos
         async with controller(broker) as ctl:
             await ctl.publish("vend/v1/order/o1/request", b"order", qos=1)
         stale = await next_incoming(bus)
-        # Drop the connection under the bus, as a flaky link would.
-        link = bus._link
-        assert link is not None
-        sock = link.client._client.socket()
-        assert isinstance(sock, socket.socket)
-        sock.shutdown(socket.SHUT_RDWR)
+        drop_connection(bus)
         await hooks.wait_for(2, "connect")
         again = await next_incoming(bus)
         assert again.payload == b"order"
@@ -553,3 +548,61 @@ async def test_a_broker_that_never_answers_gets_no_half_open_connections() -> No
         for _, writer in accepted:
             writer.close()
             await writer.wait_closed()
+
+
+def drop_connection(bus: Bus) -> None:
+    """Shut the socket under the bus, as a flaky link would."""
+    link = bus._link
+    assert link is not None
+    sock = link.client._client.socket()
+    assert isinstance(sock, socket.socket)
+    sock.shutdown(socket.SHUT_RDWR)
+
+
+async def test_backoff_grows_while_the_connection_flaps_and_restarts_after_a_stable_one(
+    broker: Mosquitto,
+) -> None:
+    now = [0.0]
+    delays: list[float] = []
+    hooks = Hooks()
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    bus = make_bus(
+        broker,
+        5,
+        on_connect=hooks.on_connect,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.4,
+        rng=random.Random(11),
+        sleep=sleep,
+        clock=lambda: now[0],
+    )
+    async with bus:
+        await hooks.wait_for(1, "connect")
+        drop_connection(bus)  # at once: flapping
+        await hooks.wait_for(2, "connect")
+        now[0] += 0.4  # up for backoff_max_s: stable
+        drop_connection(bus)
+        await hooks.wait_for(3, "connect")
+        drop_connection(bus)  # at once again
+        await hooks.wait_for(4, "connect")
+    expected = random.Random(11)
+    assert delays == [backoff_delay(attempt, initial_s=0.05, max_s=0.4, rng=expected) for attempt in (0, 0, 1)]
+
+
+async def test_a_failing_on_connect_hook_is_logged_and_the_bus_carries_on(broker: Mosquitto) -> None:
+    async def broken() -> None:
+        raise RuntimeError("runner bug")
+
+    with capture_logs() as logged:
+        async with make_bus(broker, 5, subscriptions=["vend/v1/order/+/request"], on_connect=broken) as bus:
+            async with asyncio.timeout(WAIT_S):
+                await bus.wait_connected()
+            await bus.publish("vend/v1/order/o1/request", b"still served")
+            incoming = await next_incoming(bus)
+            incoming.ack()
+    assert incoming.payload == b"still served"
+    assert any(entry["event"] == "bus.hook_failed" for entry in logged)
