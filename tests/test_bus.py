@@ -606,3 +606,24 @@ async def test_a_failing_on_connect_hook_is_logged_and_the_bus_carries_on(broker
             incoming.ack()
     assert incoming.payload == b"still served"
     assert any(entry["event"] == "bus.hook_failed" for entry in logged)
+
+
+async def test_a_publish_waiting_for_puback_fails_as_soon_as_the_connection_is_lost(broker: Mosquitto) -> None:
+    hooks = Hooks()
+    bus = make_bus(broker, 5, on_disconnect=hooks.on_disconnect, request_timeout_s=30)
+    async with bus:
+        async with asyncio.timeout(WAIT_S):
+            await bus.wait_connected()
+        assert broker._proc is not None
+        broker._proc.send_signal(signal.SIGSTOP)  # the broker stops answering: no PUBACK
+        try:
+            publishing = asyncio.create_task(bus.publish("vend/v1/kioskd/state", b"online", retain=True))
+            await asyncio.sleep(0.05)
+            assert not publishing.done()
+            drop_connection(bus)
+            with pytest.raises(BusUnavailable, match="connection lost"):
+                async with asyncio.timeout(WAIT_S):  # far below request_timeout_s
+                    await publishing
+            await hooks.wait_for(1, "disconnect")
+        finally:
+            broker._proc.send_signal(signal.SIGCONT)
