@@ -104,7 +104,7 @@ def topic_order_id(prefix: str, topic: str) -> tuple[str | None, str | None]:
     if not topic.startswith(head):
         return None, None
     parts = topic[len(head) :].split("/")
-    if len(parts) != 2:  # noqa: PLR2004
+    if len(parts) != 2:
         return None, None
     order_id, kind = parts
     return (order_id if ORDER_ID.fullmatch(order_id) else None), kind
@@ -186,7 +186,7 @@ def status_payload(order: OrderData, *, kiosk_id: str, ts: float) -> dict[str, A
     """The retained status of an order."""
     card = order.card
     payment = None
-    if order.intent_id is not None and order.state not in {State.RECEIVED}:
+    if order.intent_id is not None and order.state is not State.RECEIVED:
         payment = {"intent": order.intent_id}
         if card is not None and (card.brand or card.last4):
             payment["card"] = {"brand": card.brand, "last4": card.last4}  # type: ignore[assignment]

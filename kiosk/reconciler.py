@@ -10,14 +10,17 @@ moment ago may not be saved yet.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiosk import logs
 from kiosk.errors import StripeRefused, UpstreamError
-from kiosk.gateway import Intent
-from kiosk.journal import Journal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kiosk.gateway import Intent
+    from kiosk.journal import Journal
 
 log = logs.get("reconciler")
 

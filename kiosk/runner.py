@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import TypeAdapter
 
@@ -26,7 +25,6 @@ from kiosk.errors import (
     UnknownOutcome,
     UpstreamError,
 )
-from kiosk.gateway import Intent, Reader, ReaderAction
 from kiosk.journal import Journal, OutboxMessage, StoredOrder
 from kiosk.model import (
     ActionView,
@@ -44,10 +42,14 @@ from kiosk.model import (
     Policy,
     ReaderView,
     Restarted,
-    State,
     VendReported,
     Wait,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kiosk.gateway import Intent, Reader, ReaderAction
 
 log = logs.get("runner")
 
@@ -325,7 +327,7 @@ class Runner:
             pass
         live.wake.clear()
 
-    async def _perform(self, order: OrderData, call: Call) -> Event:  # noqa: C901, PLR0911
+    async def _perform(self, order: OrderData, call: Call) -> Event:  # noqa: C901
         gw = self._gateway
         pi = order.intent_id or ""
         key = call.key or ""
@@ -590,4 +592,4 @@ def _peek_id(payload: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and len(value) <= 64 else None  # noqa: PLR2004
+    return value if isinstance(value, str) and len(value) <= 64 else None

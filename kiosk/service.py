@@ -13,7 +13,7 @@ import contextlib
 import signal
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiosk import __version__, crashpoints, logs, messages
 from kiosk.availability import Availability
@@ -24,8 +24,10 @@ from kiosk.journal import Journal, OutboxMessage
 from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, Policy
 from kiosk.reconciler import Reconciler
 from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
-from kiosk.settings import Settings
 from kiosk.systemd import Notifier
+
+if TYPE_CHECKING:
+    from kiosk.settings import Settings
 
 log = logs.get("service")
 
@@ -243,7 +245,7 @@ class Service:
                 self.notifier.stopping(status="stopping")
                 log.info("service.stopping")
                 await self._say_offline()
-                raise _Stopped
+                raise _Stopped  # noqa: TRY301 - leaving the task group cancels every task
         except* _Stopped:
             pass
         finally:
