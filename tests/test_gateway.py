@@ -32,6 +32,7 @@ from kiosk.gateway import (
     reader_from_dict,
     uses_allowed_types,
 )
+from kiosk.simulator import Simulator
 from tests.conftest import SHARED
 
 if TYPE_CHECKING:
@@ -636,3 +637,178 @@ async def test_present_card_is_the_test_helper(stub: StubStripe, gw: Gateway) ->
     [seen] = stub.seen
     assert seen.path == f"/v1/test_helpers/terminal/readers/{READER}/present_payment_method"
     assert seen.form == {"type": "card_present", "card_present[number]": "4000000000000002", "amount_tip": "50"}
+
+
+# -- against the simulator: the whole flow, the real client, real HTTP ---------------------------
+
+
+@dataclass
+class SimRig:
+    sim: Simulator
+    gw: Gateway
+    reader: str
+    url: str
+
+
+@pytest.fixture(name="rig")
+async def fixture_rig() -> AsyncIterator[SimRig]:
+    sim = Simulator(seed=0)
+    reader = sim.register_reader("simulated-wpe")
+    async with sim.serve() as endpoint:
+        gw = Gateway(
+            api_key=SecretStr(API_KEY),
+            api_base=endpoint.url,
+            api_version=None,
+            reader_id=reader,
+            request_timeout_s=5,
+        )
+        try:
+            yield SimRig(sim, gw, reader, endpoint.url)
+        finally:
+            await gw.close()
+
+
+async def test_sim_process_present_capture(rig: SimRig) -> None:
+    gw = rig.gw
+    intent = await create(gw)
+    assert intent.status == "requires_payment_method"
+    reader = await gw.process_intent(intent.id, key="k1:o1:process:1")
+    assert reader.action is not None
+    assert (reader.action.type, reader.action.status, reader.action.payment_intent) == (
+        "process_payment_intent",
+        "in_progress",
+        intent.id,
+    )
+    await gw.present_card()
+    reader = await gw.retrieve_reader()
+    assert reader.action is not None
+    assert reader.action.status == "succeeded"
+    authorised = await gw.retrieve_intent(intent.id)
+    assert (authorised.status, authorised.amount_capturable) == ("requires_capture", 250)
+    assert authorised.card is not None
+    assert (authorised.card.brand, authorised.card.last4) == ("visa", "4242")
+    assert authorised.capture_before is not None
+    assert authorised.capture_before > rig.sim.now()
+    captured = await gw.capture_intent(intent.id, amount_to_capture=200, key="k1:o1:capture:1")
+    assert (captured.status, captured.amount_received) == ("succeeded", 200)
+    [record] = rig.sim.ledger().intents
+    assert [c.amount for c in record.captures] == [200]
+    assert record.metadata == {"kiosk_id": "k1", "order_id": "o1"}
+
+
+async def test_sim_same_key_replays_the_same_intent(rig: SimRig) -> None:
+    first = await create(rig.gw, key="k1:o1:create:1")
+    again = await create(rig.gw, key="k1:o1:create:1")
+    other = await create(rig.gw, key="k1:o1:create:2")
+    assert again.id == first.id
+    assert other.id != first.id
+    assert len(rig.sim.ledger().intents) == 2
+
+
+async def test_sim_refusals_carry_stripes_code(rig: SimRig) -> None:
+    intent = await create(rig.gw)
+    with pytest.raises(StripeRefused) as first:
+        await rig.gw.capture_intent(intent.id, key="k1:o1:capture:1")
+    assert (first.value.code, first.value.http_status) == ("payment_intent_unexpected_state", 400)
+    with pytest.raises(StripeRefused) as missing:
+        await rig.gw.retrieve_intent("pi_doesnotexist")
+    assert (missing.value.code, missing.value.http_status) == ("resource_missing", 404)
+
+
+async def test_sim_decline_then_cancel(rig: SimRig) -> None:
+    gw = rig.gw
+    intent = await create(gw)
+    await gw.process_intent(intent.id, key="p1")
+    await gw.present_card("4000000000000002")
+    reader = await gw.retrieve_reader()
+    assert reader.action is not None
+    assert (reader.action.status, reader.action.failure_code) == ("failed", "card_declined")
+    declined = await gw.retrieve_intent(intent.id)
+    assert declined.status == "requires_payment_method"
+    assert declined.last_error is not None
+    assert declined.last_error.code == "card_declined"
+    # Re-present on the same PI, then give up: cancel the reader's action and the PI.
+    await gw.process_intent(intent.id, key="p2")
+    cleared = await gw.cancel_action(key="ca1")
+    assert cleared.action is None
+    canceled = await gw.cancel_intent(intent.id, reason="abandoned", key="c1")
+    assert (canceled.status, canceled.cancellation_reason) == ("canceled", "abandoned")
+
+
+async def test_sim_split_flow(rig: SimRig) -> None:
+    gw = rig.gw
+    intent = await create(gw)
+    await gw.collect_payment_method(intent.id, key="col")
+    await gw.present_card("5555555555554444")
+    reader = await gw.retrieve_reader()
+    assert reader.action is not None
+    assert reader.action.type == "collect_payment_method"
+    assert reader.action.status == "succeeded"
+    assert reader.action.card is not None
+    assert reader.action.card.brand == "mastercard"
+    await gw.confirm_intent(intent.id, key="conf")
+    authorised = await gw.retrieve_intent(intent.id)
+    assert authorised.status == "requires_capture"
+
+
+async def test_sim_search_finds_this_kiosks_authorisations(rig: SimRig) -> None:
+    gw = rig.gw
+    mine = await create(gw, key="a")
+    await gw.create_intent(amount=300, currency="usd", metadata={"kiosk_id": "k2", "order_id": "x"}, key="b")
+    await gw.process_intent(mine.id, key="p")
+    await gw.present_card()
+    found = await gw.search_intents("k1", status="requires_capture")
+    assert [i.id for i in found] == [mine.id]
+    assert await gw.search_intents("k1", status="canceled") == []
+
+
+async def test_sim_reader_offline_and_busy_are_refusals(rig: SimRig) -> None:
+    gw = rig.gw
+    first = await create(gw, key="a")
+    second = await create(gw, key="b")
+    await gw.process_intent(first.id, key="p1")
+    with pytest.raises(StripeRefused) as busy:
+        await gw.process_intent(second.id, key="p2")
+    assert busy.value.code == "terminal_reader_busy"
+    await gw.cancel_action(key="ca")
+    rig.sim.set_reader_online(rig.reader, online=False)
+    rig.sim.advance(121)
+    with pytest.raises(StripeRefused) as offline:
+        await gw.process_intent(second.id, key="p3")
+    assert offline.value.code == "terminal_reader_offline"
+
+
+async def test_sim_injected_faults_map_like_stripes(rig: SimRig) -> None:
+    gw = rig.gw
+    rig.sim.add_fault(path="/v1/payment_intents", status=500, count=1)
+    with pytest.raises(UnknownOutcome) as failed:
+        await create(gw, key="a")
+    assert failed.value.http_status == 500
+    before = len(rig.sim.ledger().intents)
+    rig.sim.add_fault(path="/v1/payment_intents", drop_connection=True, count=1)
+    with pytest.raises(UnknownOutcome) as dropped:
+        await create(gw, key="b")
+    assert dropped.value.code == "connection_error"
+    # Whether or not the simulator applied the dropped request, sending it again with the same
+    # key leaves exactly one new PaymentIntent.
+    again = await create(gw, key="b")
+    intents = rig.sim.ledger().intents
+    assert len(intents) == before + 1
+    assert intents[-1].id == again.id
+
+
+async def test_sim_wrong_key_is_an_auth_error(rig: SimRig) -> None:
+    bad = Gateway(
+        api_key=SecretStr("sk_live_notatestkey1234"),
+        api_base=rig.url,
+        api_version=None,
+        reader_id=rig.reader,
+        request_timeout_s=5,
+    )
+    try:
+        with pytest.raises(StripeAuthError) as caught:
+            await bad.retrieve_reader()
+    finally:
+        await bad.close()
+    assert caught.value.http_status == 401
+    assert "sk_live_notatestkey1234" not in str(caught.value)
