@@ -812,3 +812,16 @@ async def test_sim_wrong_key_is_an_auth_error(rig: SimRig) -> None:
         await bad.close()
     assert caught.value.http_status == 401
     assert "sk_live_notatestkey1234" not in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["2025-06-30.basil", "2026-07-29", SDK_API_VERSION])
+async def test_sim_accepts_the_method_parameter_each_version_wants(rig: SimRig, version: str) -> None:
+    gw = Gateway(
+        api_key=SecretStr(API_KEY), api_base=rig.url, api_version=version, reader_id=rig.reader, request_timeout_s=5
+    )
+    try:
+        intent = await create(gw)
+        await gw.process_intent(intent.id, key="p")
+    finally:
+        await gw.close()
+    assert intent.status == "requires_payment_method"
