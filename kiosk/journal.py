@@ -198,9 +198,7 @@ class Journal:
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise JournalError(
-                f"state directory {state_dir} cannot be created ({exc.strerror})"
-            ) from exc
+            raise JournalError(f"state directory {state_dir} cannot be created ({exc.strerror})") from exc
         return cls.open(state_dir / FILENAME, clock=clock)
 
     @classmethod
@@ -228,9 +226,7 @@ class Journal:
             _migrate(conn, path)
         except sqlite3.Error as exc:
             conn.close()
-            raise JournalError(
-                f"journal {path} cannot be used ({exc}); is it a kiosk journal?"
-            ) from exc
+            raise JournalError(f"journal {path} cannot be used ({exc}); is it a kiosk journal?") from exc
         except JournalError:
             conn.close()
             raise
@@ -275,9 +271,7 @@ class Journal:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise JournalError(
-                        f"journal {self._path} write failed, nothing written ({exc})"
-                    ) from exc
+                    raise JournalError(f"journal {self._path} write failed, nothing written ({exc})") from exc
                 raise
             self.commits += 1
 
@@ -292,9 +286,7 @@ class Journal:
     def open_orders(self) -> list[StoredOrder]:
         """Orders not yet in a terminal state, oldest first: what recovery must settle."""
         with self._read() as conn:
-            rows = conn.execute(
-                _SELECT_ORDERS + " WHERE terminal = 0 ORDER BY created_at, order_id"
-            ).fetchall()
+            rows = conn.execute(_SELECT_ORDERS + " WHERE terminal = 0 ORDER BY created_at, order_id").fetchall()
         return [_order(row) for row in rows]
 
     def history(self, order_id: str) -> list[Transition]:
@@ -344,14 +336,10 @@ class Journal:
         """
         now = self._clock()
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT status_seq FROM orders WHERE order_id = ?", (order_id,)
-            ).fetchone()
+            row = conn.execute("SELECT status_seq FROM orders WHERE order_id = ?", (order_id,)).fetchone()
             if row is None:
                 if request_hash is None or request_json is None:
-                    raise JournalError(
-                        f"order {order_id} is new: save needs its request_hash and request_json"
-                    )
+                    raise JournalError(f"order {order_id} is new: save needs its request_hash and request_json")
                 status_seq = 0
             else:
                 status_seq = row["status_seq"]
@@ -421,8 +409,7 @@ class Journal:
         ids = []
         for m in messages:
             cursor = conn.execute(
-                "INSERT INTO outbox (order_id, topic, payload, retain, expiry_s, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (order_id, topic, payload, retain, expiry_s, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (order_id, m.topic, m.payload, int(m.retain), m.expiry_s, now),
             )
             ids.append(int(cursor.lastrowid or 0))
@@ -432,8 +419,7 @@ class Journal:
         """Messages not yet acknowledged by the broker, oldest first."""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT id, order_id, topic, payload, retain, expiry_s, created_at FROM outbox"
-                " ORDER BY id LIMIT ?",
+                "SELECT id, order_id, topic, payload, retain, expiry_s, created_at FROM outbox ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [
@@ -460,9 +446,7 @@ class Journal:
     def outbox_stats(self) -> OutboxStats:
         """Depth of the outbox and when its oldest message was queued."""
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS depth, min(created_at) AS oldest FROM outbox"
-            ).fetchone()
+            row = conn.execute("SELECT count(*) AS depth, min(created_at) AS oldest FROM outbox").fetchone()
         return OutboxStats(depth=row["depth"], oldest_at=row["oldest"])
 
     # -- counters and metadata -----------------------------------------------------------------
@@ -487,8 +471,7 @@ class Journal:
         """Store a metadata value durably."""
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (f"meta.{key}", value),
             )
 
@@ -498,8 +481,7 @@ class Journal:
         """Terminal orders last updated at or after `since_ts`, counted by final state."""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT state, count(*) AS n FROM orders"
-                " WHERE terminal = 1 AND updated_at >= ? GROUP BY state",
+                "SELECT state, count(*) AS n FROM orders WHERE terminal = 1 AND updated_at >= ? GROUP BY state",
                 (since_ts,),
             ).fetchall()
         return {row["state"]: row["n"] for row in rows}
@@ -536,6 +518,4 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         # executescript commits first and runs its own statements; wrapping the step and the
         # version bump in one explicit transaction keeps a half-migrated file impossible.
-        conn.executescript(
-            f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]}\nPRAGMA user_version = {target};\nCOMMIT;"
-        )
+        conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]}\nPRAGMA user_version = {target};\nCOMMIT;")

@@ -126,10 +126,7 @@ def test_status_seq_must_increase_by_one(db: Path) -> None:
         assert seq == 3
         # A re-publication without a new seq leaves it alone.
         plain = OutboxMessage(topic="vend/v1/order/o1/status", payload=b"{}", retain=True)
-        assert (
-            journal.save("o1", state="received", terminal=False, data_json="{}", outbox=[plain])
-            == 3
-        )
+        assert journal.save("o1", state="received", terminal=False, data_json="{}", outbox=[plain]) == 3
         order = journal.get("o1")
         assert order is not None
         assert order.next_status_seq == 4
@@ -170,9 +167,7 @@ def test_outbox_is_oldest_first_and_forgets_what_was_sent(db: Path) -> None:
     with Journal.open(db, clock=clock) as journal:
         new_order(journal, "o1")
         clock.now += 5
-        journal.enqueue(
-            [OutboxMessage(topic="vend/v1/kioskd/state", payload=b"online", retain=True)]
-        )
+        journal.enqueue([OutboxMessage(topic="vend/v1/kioskd/state", payload=b"online", retain=True)])
         new_order(journal, "o2")
         rows = journal.pending_outbox(10)
         assert [(r.order_id, r.topic) for r in rows] == [
@@ -301,8 +296,6 @@ def test_sigkill_mid_write_leaves_a_consistent_journal(db: Path) -> None:
             # Every committed step has its transition and its outbox row, and nothing more.
             assert len(history) == status_seq
             assert history[-1].to_state == state
-            outbox = conn.execute(
-                "SELECT count(*) FROM outbox WHERE order_id = ?", (order_id,)
-            ).fetchone()[0]
+            outbox = conn.execute("SELECT count(*) FROM outbox WHERE order_id = ?", (order_id,)).fetchone()[0]
             assert outbox == status_seq
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
