@@ -32,8 +32,7 @@ if TYPE_CHECKING:
 log = logs.get("service")
 
 SHUTDOWN_GRACE_S = 5.0
-IDLE_CHECK_S = 60.0
-UNAVAILABLE_CHECK_S = 10.0
+UNAVAILABLE_CHECK_S = 10.0  # at most this long between reader checks while payments are unavailable
 RECONCILE_FIRST_S = 5.0
 RECONCILE_EVERY_S = 300.0
 
@@ -65,6 +64,7 @@ class Service:
         self._outbox_bell = asyncio.Event()
         self._stop = asyncio.Event()
         self._published_state: tuple[Any, ...] | None = None
+        self._published_reader: tuple[Any, ...] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.runner = Runner(
             RunnerConfig(
@@ -126,25 +126,30 @@ class Service:
         }
 
     async def _announce(self, *, force: bool = False) -> None:
+        """Publish kioskd/state and reader/state (retained) when what they say changed."""
         snap = self.availability.snapshot()
-        key = (snap.payments, snap.code, snap.reader_status, snap.device_type, snap.action)
-        if not force and key == self._published_state:
-            return
-        self._published_state = key
-        if snap.payments == "unavailable":
-            log.warning("payments.unavailable", code=snap.code, reason=snap.message)
-        else:
-            log.info("payments.available", reader=snap.reader_status)
-        await asyncio.to_thread(
-            self.journal.enqueue,
-            [
+        daemon_key = (snap.payments, snap.code)
+        reader_key = (snap.reader_status, snap.device_type, snap.action)
+        out: list[OutboxMessage] = []
+        if force or daemon_key != self._published_state:
+            self._published_state = daemon_key
+            if snap.payments == "unavailable":
+                log.warning("payments.unavailable", code=snap.code, reason=snap.message)
+            else:
+                log.info("payments.available", reader=snap.reader_status)
+            out.append(
                 OutboxMessage(
                     f"{self.prefix}/kioskd/state", messages.dumps(self._state_payload(online=True)), retain=True
-                ),
-                OutboxMessage(f"{self.prefix}/reader/state", messages.dumps(self._reader_payload()), retain=True),
-            ],
-        )
-        self._outbox_bell.set()
+                )
+            )
+        if force or reader_key != self._published_reader:
+            self._published_reader = reader_key
+            out.append(
+                OutboxMessage(f"{self.prefix}/reader/state", messages.dumps(self._reader_payload()), retain=True)
+            )
+        if out:
+            await asyncio.to_thread(self.journal.enqueue, out)
+            self._outbox_bell.set()
 
     def _observe(self, call: Call, event: Event) -> None:
         if self.availability.observe(call, event, time.time()):
@@ -203,8 +208,11 @@ class Service:
                 if isinstance(event, CallFailed):
                     log.warning("reader.check_failed", code=event.code, failure=event.failure.value)
             await self._announce()
-            unavailable = self.availability.refusal() is not None
-            await asyncio.sleep(UNAVAILABLE_CHECK_S if unavailable else IDLE_CHECK_S)
+            every = self.settings.payments.reader_check_s
+            if self.availability.refusal() is not None:
+                # Unavailable: look again sooner, so payments come back without waiting long.
+                every = min(every, UNAVAILABLE_CHECK_S)
+            await asyncio.sleep(every)
 
     async def _reconcile(self) -> None:
         await asyncio.sleep(RECONCILE_FIRST_S)
