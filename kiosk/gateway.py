@@ -546,7 +546,7 @@ class Gateway:
                 return await request()
         except TimeoutError as exc:
             error: UpstreamError = UnknownOutcome(
-                f"Stripe {name} got no answer within {self._timeout_s:g} s", code="timeout"
+                f"Stripe {name} got no answer within {self._timeout_s:g} s; the outcome is unknown", code="timeout"
             )
             log.warning("gateway.call_failed", call=name, error="UnknownOutcome", code="timeout")
             raise error from exc
@@ -585,8 +585,8 @@ class Gateway:
         if isinstance(exc, stripe.APIConnectionError):
             timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
             facts["code"] = "timeout" if timed_out else "connection_error"
-            what = "timed out" if timed_out else "could not reach Stripe"
-            return UnknownOutcome(f"{where} {what}", **facts)
+            what = "timed out" if timed_out else "lost its connection"
+            return UnknownOutcome(f"{where} {what}; the outcome is unknown", **facts)
         if status is None or status < 400 or status >= 500:
             # No answer, an answer kiosk cannot read (even a 200), or a server error: the call may
             # have taken effect.
@@ -600,10 +600,7 @@ class Gateway:
             )
         if isinstance(exc, stripe.IdempotencyError) or error.get("type") == "idempotency_error":
             return IdempotencyMisuse(f"{where}: idempotency key reused with other parameters", **facts)
-        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError) or status in {
-            401,
-            403,
-        }:
+        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError) or status in {401, 403}:
             return StripeAuthError(f"{where} refused the API key (HTTP {status}): {detail}", **facts)
         return StripeRefused(
             f"{where} refused (HTTP {status}, {code}): {detail}",
