@@ -27,7 +27,7 @@ class Rig:
     def assert_money_safe(self) -> None:
         """design.md's invariants against the simulator's ledger, for every order seen."""
         ledger = self.sim.ledger()
-        orders = {i.order_id for i in ledger.intents}
+        orders = {i.order_id for i in ledger.intents if i.order_id is not None}
         for order_id in orders:
             intents = ledger.for_order(order_id)
             assert len(intents) == 1, f"order {order_id} has {len(intents)} PaymentIntents"
