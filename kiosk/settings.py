@@ -172,6 +172,7 @@ class PaymentSettings(_Section):
     vend_result_timeout_s: float = 300
     request_timeout_s: float = 30
     flow: Literal["process", "collect_confirm"] = "process"
+    reader_check_s: float = 60
 
     @field_validator("card_timeout_s", "request_timeout_s")
     @classmethod
@@ -181,6 +182,11 @@ class PaymentSettings(_Section):
     @field_validator("vend_result_timeout_s")
     @classmethod
     def _check_vend(cls, value: float) -> float:
+        return _positive_seconds(value, 3600)
+
+    @field_validator("reader_check_s")
+    @classmethod
+    def _check_reader_check(cls, value: float) -> float:
         return _positive_seconds(value, 3600)
 
 
@@ -315,7 +321,8 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _read_env(environ: Mapping[str, str]) -> dict[str, str]:
     flat: dict[str, str] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "KIOSK_CONFIG":
+        # KIOSK_TEST_* are the crash tests' hooks (kiosk/crashpoints.py), not settings.
+        if not name.startswith(ENV_PREFIX) or name == "KIOSK_CONFIG" or name.startswith("KIOSK_TEST_"):
             continue
         flat[name.removeprefix(ENV_PREFIX).lower().replace("__", ".")] = value
     return flat

@@ -5,6 +5,9 @@ aiomqtt client in the test that speaks protocol.md §1; the simulator runs in a 
 test process and its ledger is what the money-safety assertions check.
 """
 
+# The harness's waits take a `timeout` argument on purpose: each test says how long it allows.
+# ruff: noqa: ASYNC109
+
 from __future__ import annotations
 
 import asyncio
@@ -16,16 +19,60 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
+
+    from kiosk.mosquitto import Mosquitto
+    from kiosk.simulator import Simulator
+    from kiosk.simulator.ledger import IntentRecord
+
 API_KEY = "sk_test_kioskE2E0000000000000000"
 PREFIX = "vend/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One message a controller received: topic, JSON payload, retain flag, MQTT 5 expiry left."""
+
+    topic: str
+    payload: dict[str, Any]
+    retain: bool
+    expiry_s: int | None
+
+
+def _expiry(message: aiomqtt.Message) -> int | None:
+    value = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
+    return int(value) if value is not None else None
+
+
+async def retained(host: str, port: int, topic: str, *, mqtt5: bool = True) -> list[Seen]:
+    """What a new subscriber to `topic` gets from the broker's retained store, right now.
+
+    A marker published after subscribing comes back after every retained message (the broker
+    keeps one connection's messages in order), so no waiting on a clock is needed.
+    """
+    marker = f"test/marker/{uuid.uuid4().hex}"
+    found: list[Seen] = []
+    protocol = aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311
+    async with aiomqtt.Client(host, port, identifier=f"probe-{uuid.uuid4().hex[:8]}", protocol=protocol) as client:
+        await client.subscribe(topic, qos=1)
+        await client.subscribe(marker, qos=1)
+        await client.publish(marker, b"{}", qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                if message.topic.value == marker:
+                    break
+                payload = json.loads(message.payload) if message.payload else {}
+                found.append(Seen(message.topic.value, payload, message.retain, _expiry(message)))
+    return found
 
 
 def envelope() -> dict[str, Any]:
@@ -109,14 +156,19 @@ class Controller:
         self.client = client
         self.statuses: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.daemon_state: dict[str, Any] | None = None
+        self.reader_state: dict[str, Any] | None = None
+        self.seen: list[Seen] = []
         self._changed = asyncio.Event()
 
     async def _listen(self) -> None:
         async for message in self.client.messages:
             payload = json.loads(message.payload) if message.payload else {}
             topic = message.topic.value
+            self.seen.append(Seen(topic, payload, message.retain, _expiry(message)))
             if topic == f"{PREFIX}/kioskd/state":
                 self.daemon_state = payload
+            elif topic == f"{PREFIX}/reader/state":
+                self.reader_state = payload
             elif topic.endswith("/status"):
                 self.statuses[payload["order_id"]].append(payload)
             self._changed.set()
@@ -136,8 +188,53 @@ class Controller:
 
     async def cancel(self, order_id: str) -> None:
         """Cancel the order."""
+        await self.cancel_id(order_id)
+
+    async def cancel_id(self, order_id: str) -> str:
+        """Cancel the order; returns the cancel message's id."""
         body = {**envelope(), "order_id": order_id, "reason": "customer walked away"}
         await self.client.publish(f"{PREFIX}/order/{order_id}/cancel", json.dumps(body), qos=1)
+        return str(body["id"])
+
+    async def vend_id(self, order_id: str, result: str, vended_amount: int | None = None) -> str:
+        """Report the vend result; returns the message's id."""
+        body = {**envelope(), "order_id": order_id, "result": result}
+        if vended_amount is not None:
+            body["vended_amount"] = vended_amount
+        await self.client.publish(f"{PREFIX}/order/{order_id}/vend_result", json.dumps(body), qos=1)
+        return str(body["id"])
+
+    async def send(self, order_id: str, kind: str, body: dict[str, Any]) -> str:
+        """Publish `body` (an envelope is added under it) on the order's `kind` topic; returns its id."""
+        full = {**envelope(), **body}
+        await self.client.publish(f"{PREFIX}/order/{order_id}/{kind}", json.dumps(full), qos=1)
+        return str(full.get("id"))
+
+    async def wait_until(self, check: Callable[[], bool], timeout: float = 20) -> None:
+        """Wait until `check()` holds (checked after every message received)."""
+        async with asyncio.timeout(timeout):
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_reply(self, order_id: str, in_reply_to: str, timeout: float = 20) -> dict[str, Any]:
+        """The first status of an order that answers the message `in_reply_to`."""
+        found: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            found[:] = [s for s in self.statuses.get(order_id, []) if s.get("in_reply_to") == in_reply_to]
+            return bool(found)
+
+        await self.wait_until(check, timeout)
+        return found[0]
+
+    async def wait_payments(self, payments: str, timeout: float = 20) -> dict[str, Any]:
+        """Wait until kioskd/state says payments are `payments` (online)."""
+        await self.wait_until(
+            lambda: self.daemon_state is not None and self.daemon_state.get("payments") == payments, timeout
+        )
+        assert self.daemon_state is not None
+        return self.daemon_state
 
     async def raw(self, topic: str, payload: bytes) -> None:
         """Publish anything."""
@@ -171,14 +268,157 @@ class Controller:
 
 
 @asynccontextmanager
-async def controller(host: str, port: int) -> AsyncIterator[Controller]:
-    """A connected controller listening to every status."""
-    async with aiomqtt.Client(host, port, identifier=f"controller-{uuid.uuid4().hex[:8]}") as client:
+async def controller(
+    host: str,
+    port: int,
+    *,
+    identifier: str | None = None,
+    persistent: bool = False,
+    protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V311,
+) -> AsyncIterator[Controller]:
+    """A connected controller listening to every status (and, with `persistent`, keeping its session)."""
+    async with aiomqtt.Client(
+        host,
+        port,
+        identifier=identifier or f"controller-{uuid.uuid4().hex[:8]}",
+        clean_session=False if persistent else None,
+        protocol=protocol,
+    ) as client:
         ctl = Controller(client)
         await client.subscribe(f"{PREFIX}/order/+/status", qos=1)
         await client.subscribe(f"{PREFIX}/kioskd/state", qos=1)
+        await client.subscribe(f"{PREFIX}/reader/state", qos=1)
         task = asyncio.create_task(ctl._listen())
         try:
             yield ctl
         finally:
             task.cancel()
+
+
+# --- The rig: everything a test of the engine needs, started together -----------------------------
+
+
+@dataclass
+class Rig:
+    """Mosquitto, the simulator with a registered reader, `kiosk run`, and a controller."""
+
+    sim: Simulator
+    reader: str
+    daemon: Daemon
+    ctl: Controller
+    broker: Mosquitto
+
+    def intents(self, order_id: str) -> tuple[IntentRecord, ...]:
+        """The simulator's PaymentIntents for an order."""
+        return self.sim.ledger().for_order(order_id)
+
+    async def retained_status(self, order_id: str) -> Seen:
+        """The order's status as a new subscriber gets it (MQTT 5)."""
+        found = await retained(self.broker.host, self.broker.port, f"{PREFIX}/order/{order_id}/status")
+        assert len(found) == 1, found
+        return found[0]
+
+    def assert_money_safe(self) -> None:
+        """design.md's invariants against the simulator's ledger, for every order seen."""
+        ledger = self.sim.ledger()
+        for order_id in {i.order_id for i in ledger.intents if i.order_id is not None}:
+            intents = ledger.for_order(order_id)
+            assert len(intents) == 1, f"order {order_id} has {len(intents)} PaymentIntents"
+            intent = intents[0]
+            captured = ledger.captured_total(order_id)
+            assert captured <= intent.amount
+            assert len(intent.captures) <= 1
+            states = self.ctl.states(order_id)
+            if captured:
+                assert states[-1] == "completed", (order_id, states)
+            if states and states[-1] in {"canceled", "failed"}:
+                assert intent.status == "canceled", (order_id, intent.status)
+        assert not ledger.uncaptured(), [i.id for i in ledger.uncaptured()]
+
+
+@asynccontextmanager
+async def start_rig(
+    workdir: Path,
+    broker: Mosquitto,
+    *,
+    controller_id: str | None = None,
+    **settings: str,
+) -> AsyncIterator[Rig]:
+    """Start the simulator (seed 7) with a reader, `kiosk run` configured by `settings`, a controller.
+
+    Settings are environment names without the `KIOSK_` prefix (`PAYMENTS__CARD_TIMEOUT_S="3"`);
+    card and vend-result timeouts default to 3 s so that endings come quickly.
+    """
+    from kiosk.simulator import Simulator  # noqa: PLC0415 - keeps the simulator out of unit imports
+
+    handle = Simulator(seed=7).start_in_thread()
+    simulator = handle.simulator
+    reader = simulator.register_reader("simulated-wpe")
+    daemon = Daemon(
+        workdir,
+        broker_url=broker.url,
+        api_base=handle.url,
+        reader_id=reader,
+        **{"PAYMENTS__CARD_TIMEOUT_S": "3", "PAYMENTS__VEND_RESULT_TIMEOUT_S": "3", **settings},
+    )
+    try:
+        async with controller(
+            broker.host, broker.port, identifier=controller_id, persistent=bool(controller_id)
+        ) as ctl:
+            daemon.start()
+            try:
+                await ctl.wait_daemon("online")
+                yield Rig(simulator, reader, daemon, ctl, broker)
+            finally:
+                if daemon.alive():
+                    daemon.terminate()
+                print(daemon.log()[-5000:])  # noqa: T201 - shown by pytest when the test fails
+    finally:
+        handle.stop()
+
+
+# --- Checks shared by the crash and recovery tests ----------------------------------------------
+
+
+def assert_statuses_ordered(ctl: Controller, order_id: str) -> list[str]:
+    """The order's statuses never go back: `seq` rises; a repeat is the same status again.
+
+    A re-published status (after a crash, or for a redelivered message) carries the seq and id it
+    had the first time, so a controller that keeps the highest seq is never misled. Returns the
+    distinct states in order.
+    """
+    seen = [s for s in ctl.statuses[order_id] if s["state"] != "rejected" or s["seq"]]
+    assert seen, f"no status for {order_id}"
+    distinct: list[dict[str, Any]] = []
+    for status in seen:
+        if distinct and status["seq"] == distinct[-1]["seq"]:
+            assert (status["id"], status["state"]) == (distinct[-1]["id"], distinct[-1]["state"]), (order_id, seen)
+            continue
+        assert not distinct or status["seq"] > distinct[-1]["seq"], (order_id, [(s["seq"], s["state"]) for s in seen])
+        distinct.append(status)
+    return [s["state"] for s in distinct]
+
+
+def assert_settled(ledger: Any, ctl: Controller, captured: dict[str, int | None]) -> None:
+    """design.md's invariants against the simulator's ledger for these orders.
+
+    Args:
+        ledger: the simulator's `Ledger`.
+        ctl: the controller that followed the orders.
+        captured: order id → the amount that must have been captured once, or None for none.
+    """
+    for order_id, amount in captured.items():
+        intents = ledger.for_order(order_id)
+        assert len(intents) <= 1, f"order {order_id} has {len(intents)} PaymentIntents"
+        captures = [c.amount for i in intents for c in i.captures]
+        final = ctl.statuses[order_id][-1]
+        if amount is None:
+            assert captures == [], (order_id, captures)
+            assert final["state"] in {"canceled", "failed", "rejected"}, (order_id, final)
+            assert all(i.status == "canceled" for i in intents), (order_id, [i.status for i in intents])
+        else:
+            assert captures == [amount], (order_id, captures)
+            assert final["state"] == "completed", (order_id, final)
+            assert final["captured_amount"] == amount
+        assert_statuses_ordered(ctl, order_id)
+    assert not ledger.uncaptured(), [(i.id, i.order_id) for i in ledger.uncaptured()]
