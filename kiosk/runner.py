@@ -263,6 +263,8 @@ class Runner:
         )
         live.order = order
         if outbox:
+            crashpoints.reached("status_queued")
+            crashpoints.reached(f"status_queued_{order.state.value}")
             self._outbox_ready()
             log.info(
                 "order.status",
@@ -514,6 +516,7 @@ class Runner:
             created_at=now,
             updated_at=now,
         )
+        crashpoints.reached("order_received")
         async with live.lock:
             live.order = replace(order, status_seq=0)  # nothing saved yet: the first status is seq 1
             await self._save(live, order, "request", new=stored_new)
