@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,14 @@ from kiosk.model import Item, OrderData, State
 MAX_PAYLOAD = 16 * 1024
 ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 STATUS_EXPIRY_S = 24 * 3600
+MAX_ID = 64
+
+
+def _check_aware(value: datetime | None) -> None:
+    # RFC 3339 times carry an offset; without one the same text would be a different instant
+    # on kiosks in different time zones.
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must be an RFC 3339 time with a time zone, like 2026-01-01T12:00:00Z")
 
 
 class _Envelope(BaseModel):
@@ -34,8 +43,7 @@ class _Envelope(BaseModel):
     @field_validator("ts")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must be an RFC 3339 time with a time zone, like 2026-01-01T12:00:00Z")
+        _check_aware(value)
         return value
 
 
@@ -58,6 +66,12 @@ class OrderRequest(_Envelope):
     currency: StrictStr
     items: Annotated[list[ItemIn], Field(max_length=50)] | None = None
     expires_at: datetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware_expiry(cls, value: datetime | None) -> datetime | None:
+        _check_aware(value)
+        return value
 
     def canonical(self) -> dict[str, Any]:
         """The content that defines the order (envelope excluded): equal content means a duplicate."""
@@ -182,6 +196,22 @@ def dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _status_id(kiosk_id: str, order_id: str, seq: int) -> str:
+    # The same status keeps its id when re-published (controllers may deduplicate by id); ids
+    # are at most 64 characters, so long kiosk and order ids are hashed.
+    readable = f"{kiosk_id}.{order_id}.{seq}"
+    if len(readable) <= MAX_ID:
+        return readable
+    return hashlib.sha256(readable.encode()).hexdigest()[:32]
+
+
+def _unique_id(kiosk_id: str) -> str:
+    # Each rejection is a message of its own, even two within the same millisecond.
+    unique = uuid.uuid4().hex
+    readable = f"{kiosk_id}.{unique}"
+    return readable if len(readable) <= MAX_ID else unique
+
+
 def status_payload(order: OrderData, *, kiosk_id: str, ts: float) -> dict[str, Any]:
     """The retained status of an order."""
     card = order.card
@@ -193,7 +223,7 @@ def status_payload(order: OrderData, *, kiosk_id: str, ts: float) -> dict[str, A
     reason = order.reason
     return {
         "v": 1,
-        "id": f"{kiosk_id}.{order.order_id}.{order.status_seq}",
+        "id": _status_id(kiosk_id, order.order_id, order.status_seq),
         "ts": now_rfc3339(ts),
         "order_id": order.order_id,
         "seq": order.status_seq,
@@ -225,7 +255,7 @@ def rejection_payload(  # noqa: PLR0913
     """A `rejected` status for a message that was not accepted (no order was created or changed)."""
     return {
         "v": 1,
-        "id": f"{kiosk_id}.{order_id}.r{int(ts * 1000)}",
+        "id": _unique_id(kiosk_id),
         "ts": now_rfc3339(ts),
         "order_id": order_id,
         "seq": seq,

@@ -49,7 +49,7 @@ async def serve_one(rig: Rig, order_id: str, amount: int = 300) -> None:
     rig.sim.auto_present(rig.reader, None)
 
 
-def request_body(order_id: str, amount: int = 300, **extra: Any) -> dict[str, Any]:
+def request_body(order_id: str, amount: Any = 300, **extra: Any) -> dict[str, Any]:
     return {**envelope(), "order_id": order_id, "amount": amount, "currency": "usd", **extra}
 
 
@@ -82,6 +82,7 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], str, str]] = [
     ),
     ("envelope_missing", {"order_id": "bad-1", "amount": 300, "currency": "usd"}, "invalid_order", "id"),
     ("naive_timestamp", request_body("bad-1", ts="2026-01-01T12:00:00"), "invalid_order", "time zone"),
+    ("naive_expiry", request_body("bad-1", expires_at="2030-01-01T12:00:00"), "invalid_order", "expires_at"),
     (
         "items_wrong_type",
         request_body("bad-1", items=[{"sku": "a", "name": "A", "quantity": "1", "unit_amount": 300}]),
