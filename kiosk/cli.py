@@ -55,6 +55,16 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return service.run(loaded.settings)
 
 
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from pathlib import Path  # noqa: PLC0415 - each command imports what it needs
+
+    from kiosk.demo import run  # noqa: PLC0415 - only this command loads the demo and the simulator
+
+    colour = {"auto": None, "always": True, "never": False}[args.color]
+    workdir = Path(args.workdir) if args.workdir else None
+    return run.run(out, broker=args.broker, colour=colour, workdir=workdir, capture_logs=True)
+
+
 def _cmd_simulator(args: argparse.Namespace, out: TextIO) -> int:
     from kiosk.simulator import command  # noqa: PLC0415 - only this command loads the simulator
 
@@ -83,6 +93,22 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
     run = sub.add_parser("run", help="the payments daemon (systemd Type=notify)")
     run.add_argument("--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)")
     commands["run"] = _cmd_run
+
+    demo = sub.add_parser("demo", help="the whole system on this machine running scripted scenarios")
+    demo.add_argument(
+        "--broker",
+        choices=("auto", "embedded", "mosquitto"),
+        default="auto",
+        help="MQTT broker: a private mosquitto when installed, else the embedded one (default auto)",
+    )
+    demo.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the timeline (default auto: on a terminal, unless NO_COLOR is set)",
+    )
+    demo.add_argument("--workdir", metavar="PATH", help="keep the daemon's journal and logs here (default: a temp dir)")
+    commands["demo"] = _cmd_demo
 
     simulator = sub.add_parser("simulator", help="the Stripe API simulator alone (docs/simulator.md)")
     simulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
