@@ -34,7 +34,6 @@ log = logs.get("service")
 SHUTDOWN_GRACE_S = 5.0
 UNAVAILABLE_CHECK_S = 10.0  # at most this long between reader checks while payments are unavailable
 RECONCILE_FIRST_S = 5.0
-RECONCILE_EVERY_S = 300.0
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -215,14 +214,15 @@ class Service:
             await asyncio.sleep(every)
 
     async def _reconcile(self) -> None:
-        await asyncio.sleep(RECONCILE_FIRST_S)
+        every = self.settings.payments.reconcile_every_s
+        await asyncio.sleep(min(RECONCILE_FIRST_S, every))
         while True:
             try:
                 report = await self.reconciler.run_once()
                 log.info("reconciler.pass", seen=report.seen, released=len(report.released), failed=len(report.failed))
             except UpstreamError as exc:
                 log.warning("reconciler.search_failed", code=exc.code)
-            await asyncio.sleep(RECONCILE_EVERY_S)
+            await asyncio.sleep(every)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -237,6 +237,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         recovered = await self.runner.recover()
+        await self._drop_stale_states()
         self.notifier.ready(status=f"serving; {recovered} open order(s) recovered")
         log.info("service.ready", kiosk_id=self.settings.id, recovered=recovered, version=__version__)
         try:
@@ -261,6 +262,19 @@ class Service:
                 await self.gateway.close()
         log.info("service.stopped")
         return 0
+
+    async def _drop_stale_states(self) -> None:
+        """Drop state messages an earlier run queued but never saw acknowledged.
+
+        They describe that run (its boot id, its reader); re-sent now they would announce a
+        daemon that no longer exists. This run announces itself as soon as it connects.
+        """
+        topics = {f"{self.prefix}/kioskd/state", f"{self.prefix}/reader/state"}
+        rows = await asyncio.to_thread(self.journal.pending_outbox, 10_000)  # more than a run leaves
+        stale = [row.id for row in rows if row.topic in topics]
+        if stale:
+            await asyncio.to_thread(self.journal.mark_sent, stale)
+            log.info("service.stale_states_dropped", count=len(stale))
 
     async def _say_offline(self) -> None:
         with contextlib.suppress(BusUnavailable, TimeoutError):

@@ -173,6 +173,7 @@ class PaymentSettings(_Section):
     request_timeout_s: float = 30
     flow: Literal["process", "collect_confirm"] = "process"
     reader_check_s: float = 60
+    reconcile_every_s: float = 300
 
     @field_validator("card_timeout_s", "request_timeout_s")
     @classmethod
@@ -187,6 +188,11 @@ class PaymentSettings(_Section):
     @field_validator("reader_check_s")
     @classmethod
     def _check_reader_check(cls, value: float) -> float:
+        return _positive_seconds(value, 3600)
+
+    @field_validator("reconcile_every_s")
+    @classmethod
+    def _check_reconcile(cls, value: float) -> float:
         return _positive_seconds(value, 3600)
 
 

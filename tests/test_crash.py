@@ -11,87 +11,22 @@ successful vend, none for a failed one, no authorisation left behind, statuses t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kiosk.mosquitto import Mosquitto
-from kiosk.simulator import Simulator, ThreadHandle
-from tests.harness import Controller, Daemon, assert_settled, assert_statuses_ordered, controller
+from tests.crashrig import FINAL, CrashRig, crash_rig, vend_when_approved
+from tests.harness import assert_settled, assert_statuses_ordered
 
 pytestmark = pytest.mark.slow
 
-FINAL = ("completed", "canceled", "failed")
-
-
-@dataclass
-class Rig:
-    sim: Simulator
-    reader: str
-    daemon: Daemon
-    ctl: Controller
-
-    async def crash(self, step: str) -> None:
-        """Wait for the daemon armed with `step` to die there, by SIGKILL."""
-        code = await self.daemon.wait_exit()
-        assert code == -9, self.daemon.log()[-3000:]
-        assert f"crash point {step} reached" in self.daemon.log()
-
-    async def crash_through(self, steps: tuple[str, ...]) -> None:
-        """The daemon was started armed with steps[0]: let it die there, then at each later step."""
-        await self.crash(steps[0])
-        for step in steps[1:]:
-            self.daemon.start(crash_at=step)
-            await self.crash(step)
-        self.daemon.start()
-
-
-@pytest.fixture(name="sim")
-def fixture_sim() -> Iterator[ThreadHandle]:
-    handle = Simulator(seed=11).start_in_thread()
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
 
 @pytest.fixture(name="rig")
-async def fixture_rig(tmp_path: Path, broker: Mosquitto, sim: ThreadHandle) -> AsyncIterator[Rig]:
-    """Mosquitto, the simulator, a reader and a controller; the daemon is configured, not started."""
-    simulator = sim.simulator
-    reader = simulator.register_reader("simulated-wpe")
-    daemon = Daemon(
-        tmp_path,
-        broker_url=broker.url,
-        api_base=sim.url,
-        reader_id=reader,
-        PAYMENTS__CARD_TIMEOUT_S="10",
-        PAYMENTS__VEND_RESULT_TIMEOUT_S="20",
-    )
-    async with controller(broker.host, broker.port) as ctl:
-        try:
-            yield Rig(simulator, reader, daemon, ctl)
-        finally:
-            if daemon.alive():
-                daemon.terminate()
-            print(daemon.log()[-6000:])
-
-
-async def vend_when_approved(ctl: Controller, order_id: str, result: str, vended: int | None = None) -> dict[str, Any]:
-    """The controller's side of one sale: dispense on `approved`, report, wait for the end."""
-    await ctl.wait_for(order_id, "approved", timeout=30)
-    await ctl.vend(order_id, result, vended)
-    return await ctl.wait_for(order_id, *FINAL, timeout=30)
-
-
-async def start_and_order(rig: Rig, crash_at: str | None, order_id: str, amount: int) -> None:
-    """Start the daemon (armed), wait until it serves, publish the request."""
-    rig.daemon.start(crash_at=crash_at)
-    await rig.ctl.wait_daemon("online")
-    await rig.ctl.request(order_id, amount)
+async def fixture_rig(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[CrashRig]:
+    async with crash_rig(tmp_path, broker) as rig:
+        yield rig
 
 
 # One sale per case: (crash steps in order, vend result, vended amount, captured amount).
@@ -122,10 +57,10 @@ SALES = [
 
 @pytest.mark.parametrize(("steps", "result", "vended", "captured"), SALES)
 async def test_a_sale_survives_a_crash_at(
-    rig: Rig, steps: tuple[str, ...], result: str, vended: int | None, captured: int | None
+    rig: CrashRig, steps: tuple[str, ...], result: str, vended: int | None, captured: int | None
 ) -> None:
     rig.sim.auto_present(rig.reader, 0.2)
-    await start_and_order(rig, steps[0], "o-1", 250)
+    await rig.start_and_order(steps[0], "o-1", 250)
     sale = asyncio.create_task(vend_when_approved(rig.ctl, "o-1", result, vended))
     await rig.crash_through(steps)
     final = await sale
@@ -139,10 +74,10 @@ async def test_a_sale_survives_a_crash_at(
     assert "approved" in states
 
 
-async def test_a_card_timeout_survives_a_crash_at_cancel_action(rig: Rig) -> None:
+async def test_a_card_timeout_survives_a_crash_at_cancel_action(rig: CrashRig) -> None:
     # No card: the order times out; the daemon dies right after asking the reader to stop.
     rig.daemon.env["KIOSK_PAYMENTS__CARD_TIMEOUT_S"] = "1"
-    await start_and_order(rig, "after_cancel_action", "o-2", 300)
+    await rig.start_and_order("after_cancel_action", "o-2", 300)
     await rig.crash_through(("after_cancel_action",))
     final = await rig.ctl.wait_for("o-2", *FINAL, timeout=30)
     assert (final["state"], final["reason"]["code"]) == ("canceled", "card_timeout")
@@ -154,7 +89,7 @@ async def test_a_card_timeout_survives_a_crash_at_cancel_action(rig: Rig) -> Non
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-2": None, "o-3": 120})
 
 
-async def test_an_order_published_while_the_daemon_is_down_is_served(rig: Rig) -> None:
+async def test_an_order_published_while_the_daemon_is_down_is_served(rig: CrashRig) -> None:
     # The first run sets up the persistent session (fixed client id, 1-day expiry) and stops.
     rig.daemon.start()
     await rig.ctl.wait_daemon("online")
@@ -170,11 +105,11 @@ async def test_an_order_published_while_the_daemon_is_down_is_served(rig: Rig) -
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-4": 180})
 
 
-async def test_an_order_received_but_not_committed_is_delivered_again(rig: Rig) -> None:
+async def test_an_order_received_but_not_committed_is_delivered_again(rig: CrashRig) -> None:
     # Killed between receipt and commit: had the delivery been acknowledged on receipt (aiomqtt's
     # default), the order would be lost; with the ack after commit, the broker sends it again.
     rig.sim.auto_present(rig.reader, 0.2)
-    await start_and_order(rig, "order_received", "o-5", 210)
+    await rig.start_and_order("order_received", "o-5", 210)
     await rig.crash("order_received")
     assert rig.ctl.statuses["o-5"] == []  # nothing was journaled or published
     rig.daemon.start()
@@ -183,11 +118,11 @@ async def test_an_order_received_but_not_committed_is_delivered_again(rig: Rig) 
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-5": 210})
 
 
-async def test_seq_keeps_rising_across_restarts_and_queued_statuses_are_published(rig: Rig) -> None:
+async def test_seq_keeps_rising_across_restarts_and_queued_statuses_are_published(rig: CrashRig) -> None:
     # Killed with `approved` saved in the outbox but not yet published: the controller first hears
     # of the approval from the restarted daemon, under the same seq the journal gave it.
     rig.sim.auto_present(rig.reader, 0.2)
-    await start_and_order(rig, "status_queued_approved", "o-6", 330)
+    await rig.start_and_order("status_queued_approved", "o-6", 330)
     await rig.crash("status_queued_approved")
     assert "approved" not in rig.ctl.states("o-6")
     before = max(s["seq"] for s in rig.ctl.statuses["o-6"])
