@@ -73,6 +73,37 @@ MIGRATIONS: tuple[str, ...] = (
         value ANY
     ) STRICT;
     """,
+    # 2: fleet management (kiosk.fleet.store): the event outbox, whose AUTOINCREMENT seq is never
+    # reused, even after rows are deleted; every remote configuration version received; and the
+    # fleet requests (commands, jobs) already answered, so a replay changes nothing.
+    """
+    CREATE TABLE fleet_events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        key        TEXT UNIQUE,
+        type       TEXT NOT NULL CHECK (type <> ''),
+        data_json  TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at    REAL,
+        acked      INTEGER NOT NULL DEFAULT 0 CHECK (acked IN (0, 1))
+    ) STRICT;
+    CREATE INDEX fleet_events_pending ON fleet_events (seq) WHERE acked = 0;
+
+    CREATE TABLE fleet_config (
+        version     INTEGER PRIMARY KEY,
+        status      TEXT NOT NULL,
+        config_json TEXT NOT NULL,
+        errors_json TEXT NOT NULL,
+        received_at REAL NOT NULL
+    ) STRICT;
+
+    CREATE TABLE fleet_requests (
+        request_id TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,
+        response   BLOB,
+        at         REAL NOT NULL
+    ) STRICT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -274,6 +305,18 @@ class Journal:
                     raise JournalError(f"journal {self._path} write failed, nothing written ({exc})") from exc
                 raise
             self.commits += 1
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction for tables kept by other modules (kiosk.fleet.store)."""
+        with self._write() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """Reads under the journal's lock for tables kept by other modules (kiosk.fleet.store)."""
+        with self._read() as conn:
+            yield conn
 
     # -- orders --------------------------------------------------------------------------------
 

@@ -173,6 +173,7 @@ class Runner:
         gateway: Stripe.
         outbox_ready: called after each save that queued messages (wakes the publisher).
         on_outcome: told of every call outcome (availability tracking).
+        on_terminal: told of each order saved in its final state, after the commit (fleet events).
         clock: wall-clock seconds (UTC); injectable for tests.
     """
 
@@ -185,6 +186,7 @@ class Runner:
         outbox_ready: Callable[[], None] = lambda: None,
         on_outcome: Callable[[Call, Event], None] = lambda _c, _e: None,
         accepting: Callable[[], tuple[str, str] | None] = lambda: None,
+        on_terminal: Callable[[OrderData], None] = lambda _o: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -193,6 +195,7 @@ class Runner:
         self._outbox_ready = outbox_ready
         self._on_outcome = on_outcome
         self._accepting = accepting
+        self._on_terminal = on_terminal
         self._clock = clock
         self._live: dict[str, Live] = {}
         self._tasks: asyncio.TaskGroup | None = None
@@ -262,6 +265,8 @@ class Runner:
             outbox=outbox,
         )
         live.order = order
+        if order.terminal and (new is not None or not before.terminal):
+            self._on_terminal(order)  # after the commit: the fleet's event outbox
         if outbox:
             crashpoints.reached("status_queued")
             crashpoints.reached(f"status_queued_{order.state.value}")

@@ -19,9 +19,11 @@ from kiosk import __version__, crashpoints, logs, messages
 from kiosk.availability import Availability
 from kiosk.bus import Bus, Publication
 from kiosk.errors import BusUnavailable, UpstreamError
+from kiosk.fleet import remote_config
+from kiosk.fleet.agent import FleetAgent
 from kiosk.gateway import Gateway
 from kiosk.journal import Journal, OutboxMessage
-from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, Policy
+from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, OrderData, Policy
 from kiosk.reconciler import Reconciler
 from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
 from kiosk.systemd import Notifier
@@ -58,6 +60,11 @@ class Service:
         self.boot_id = uuid.uuid4().hex
         self.prefix = settings.mqtt.topic_prefix
         self.journal = Journal.in_dir(settings.state_dir)
+        self.local_settings = settings
+        if settings.fleet.enabled:
+            # The remote configuration accepted last time is in force from the start.
+            settings = self.settings = remote_config.startup_settings(settings, self.journal)
+        self.exit_code = 0
         self.gateway = Gateway.from_settings(settings)
         self.availability = Availability(settings.stripe.reader_id)
         self._outbox_bell = asyncio.Event()
@@ -78,17 +85,24 @@ class Service:
             outbox_ready=self._outbox_bell.set,
             on_outcome=self._observe,
             accepting=self.availability.refusal,
+            on_terminal=self._on_terminal,
         )
         self.reconciler = Reconciler(
             settings.id, self.journal, self.gateway, is_open=lambda order_id: self.runner.order(order_id) is not None
         )
+        # Fleet topics share this connection; the fleet Will rides a connection of its own
+        # (kiosk/fleet/agent.py says why): this one keeps the local bus's Will.
+        self.fleet = FleetAgent(self) if settings.fleet.enabled else None
         self.bus = Bus(
             settings.mqtt,
             client_id=f"kioskd-{settings.id}",
             will=Publication(
                 f"{self.prefix}/kioskd/state", messages.dumps(self._state_payload(online=False)), retain=True
             ),
-            subscriptions=[f"{self.prefix}/order/+/{kind}" for kind in ("request", "cancel", "vend_result")],
+            subscriptions=[
+                *(f"{self.prefix}/order/+/{kind}" for kind in ("request", "cancel", "vend_result")),
+                *(self.fleet.subscriptions if self.fleet else ()),
+            ],
             on_connect=self._on_connect,
         )
 
@@ -149,6 +163,8 @@ class Service:
         if out:
             await asyncio.to_thread(self.journal.enqueue, out)
             self._outbox_bell.set()
+        if self.fleet is not None:
+            self.fleet.on_availability(snap)
 
     def _observe(self, call: Call, event: Event) -> None:
         if self.availability.observe(call, event, time.time()):
@@ -159,13 +175,39 @@ class Service:
     async def _on_connect(self) -> None:
         await self._announce(force=True)
         self._outbox_bell.set()
+        if self.fleet is not None:
+            await self.fleet.on_connect()
+
+    # -- what the fleet agent asks of the service ------------------------------------------------
+
+    def _on_terminal(self, order: OrderData) -> None:
+        if self.fleet is not None:
+            self.fleet.on_terminal(order)
+
+    def request_stop(self, exit_code: int) -> None:
+        """Stop gracefully (as on SIGTERM) and exit with `exit_code`."""
+        self.exit_code = exit_code
+        self._stop.set()
+
+    def announce_soon(self) -> None:
+        """Re-publish kioskd/state soon (maintenance was switched)."""
+        task = asyncio.get_running_loop().create_task(self._announce())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def outbox_ready(self) -> None:
+        """Wake the outbox publisher."""
+        self._outbox_bell.set()
 
     # -- tasks ----------------------------------------------------------------------------------
 
     async def _consume(self) -> None:
         async for message in self.bus.messages():
             try:
-                await self.runner.on_message(message.topic, message.payload)
+                if self.fleet is not None and self.fleet.owns(message.topic):
+                    await self.fleet.on_message(message.topic, message.payload)
+                else:
+                    await self.runner.on_message(message.topic, message.payload)
             except Exception:
                 # A bug must not turn one message into a crash loop: log it and let it go.
                 log.exception("bus.message_failed", topic=message.topic[:200])
@@ -247,6 +289,8 @@ class Service:
                 tasks.create_task(self._publish_outbox(), name="outbox")
                 tasks.create_task(self._watch_reader(), name="reader-watch")
                 tasks.create_task(self._reconcile(), name="reconciler")
+                if self.fleet is not None:
+                    tasks.create_task(self.fleet.run(), name="fleet")
                 if self.notifier.watchdog_interval:
                     tasks.create_task(self._watchdog(self.notifier.watchdog_interval), name="watchdog")
                 stopper = tasks.create_task(self._stop.wait(), name="stop")
@@ -260,8 +304,8 @@ class Service:
         finally:
             with contextlib.suppress(Exception):
                 await self.gateway.close()
-        log.info("service.stopped")
-        return 0
+        log.info("service.stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     async def _drop_stale_states(self) -> None:
         """Drop state messages an earlier run queued but never saw acknowledged.
@@ -277,6 +321,8 @@ class Service:
             log.info("service.stale_states_dropped", count=len(stale))
 
     async def _say_offline(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.say_offline()
         with contextlib.suppress(BusUnavailable, TimeoutError):
             async with asyncio.timeout(SHUTDOWN_GRACE_S / 2):
                 await self.bus.publish(

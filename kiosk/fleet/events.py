@@ -1,0 +1,130 @@
+"""The fleet event outbox: business events kept until the fleet acknowledges them.
+
+Events are appended to the journal (kiosk.fleet.store) in their own transaction with a `seq`
+that never resets (SQLite AUTOINCREMENT never reuses a value), published QoS 1, and kept until
+a retained `events/ack` with `upto_seq` covers them. Unacknowledged events are sent again after
+every reconnect and `resend_after_s` after their last send, with the same `id` and `seq`, so
+receivers dedupe on `id`: delivery is at least once across crashes and broker outages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from kiosk import logs
+from kiosk.errors import BusUnavailable
+from kiosk.fleet import payloads
+from kiosk.fleet.store import FleetStore, NewEvent
+
+if TYPE_CHECKING:
+    from kiosk.model import OrderData
+
+log = logs.get("fleet")
+
+RESEND_AFTER_S = 60.0
+KEEP_ACKED_S = 7 * 24 * 3600.0
+BATCH = 100
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+def order_event(order: OrderData) -> NewEvent:
+    """The event for an order that reached its final state (`order.completed`, …)."""
+    reason = order.reason
+    data: dict[str, Any] = {
+        "order_id": order.order_id,
+        "state": order.state.value,
+        "amount": order.amount,
+        "currency": order.currency,
+        "captured_amount": order.captured_amount,
+        "intent": order.intent_id,
+        "reason": None if reason is None else {"code": reason.code, "message": reason.message},
+    }
+    return NewEvent(
+        id=uuid.uuid4().hex,
+        type=f"order.{order.state.value}",
+        data=data,
+        key=f"order:{order.order_id}:{order.state.value}",
+    )
+
+
+class EventOutbox:
+    """Appends events durably and sends them until acknowledged (one task: `run`)."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        topic: str,
+        *,
+        resend_after_s: float = RESEND_AFTER_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._topic = topic
+        self._resend_after_s = resend_after_s
+        self._clock = clock
+        self._bell = asyncio.Event()
+
+    async def add(self, *events: NewEvent) -> list[int]:
+        """Append events (durable when this returns) and wake the sender; returns their seqs."""
+        seqs = await asyncio.to_thread(self._store.append, events, self._clock())
+        if seqs:
+            log.info("fleet.event", types=[e.type for e in events], seqs=seqs)
+            self._bell.set()
+        return seqs
+
+    def add_soon(self, *events: NewEvent) -> asyncio.Task[list[int]]:
+        """`add` from synchronous code (the runner's hook); the task is returned to keep it alive."""
+        return asyncio.get_running_loop().create_task(self.add(*events), name="fleet-event")
+
+    async def ack(self, upto_seq: int) -> None:
+        """Apply the fleet's acknowledgement."""
+        done = await asyncio.to_thread(self._store.ack, upto_seq)
+        if done is None:
+            log.warning(
+                "fleet.ack_ahead", upto_seq=upto_seq, detail="the fleet acknowledged events this journal never had"
+            )
+        elif done:
+            log.info("fleet.events_acked", upto_seq=upto_seq, count=done)
+
+    async def reconnected(self) -> None:
+        """After a (re)connect every unacknowledged event is due again: the broker may have lost it."""
+        await asyncio.to_thread(self._store.unsend)
+        self._bell.set()
+
+    async def run(self, publish: Publish, wait_connected: Callable[[], Awaitable[None]]) -> None:
+        """Send due events for ever; sleeps until an event is added or a re-send is due."""
+        while True:
+            await wait_connected()
+            now = self._clock()
+            rows = await asyncio.to_thread(self._store.due, now - self._resend_after_s, BATCH)
+            if not rows:
+                stats = await asyncio.to_thread(self._store.stats)
+                timeout = None
+                if stats.last_sent_at is not None:
+                    timeout = max(0.5, stats.last_sent_at + self._resend_after_s - now)
+                self._bell.clear()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._bell.wait()
+                except TimeoutError:
+                    pass
+                continue
+            sent: list[int] = []
+            try:
+                for row in rows:
+                    body = payloads.event(
+                        seq=row.seq, event_id=row.id, type_=row.type, created_at=row.created_at, data=row.data
+                    )
+                    await publish(self._topic, body)
+                    sent.append(row.seq)
+            except BusUnavailable as exc:
+                log.info("fleet.events_interrupted", reason=str(exc))
+                await asyncio.sleep(0.5)
+            finally:
+                if sent:
+                    await asyncio.to_thread(self._store.mark_sent, sent, self._clock())

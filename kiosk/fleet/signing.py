@@ -1,0 +1,104 @@
+"""Ed25519 signatures over canonical JSON, for desired configuration, commands and jobs.
+
+The signed bytes are the payload without its `sig` field, serialised with sorted keys, no
+whitespace and UTF-8 (`canonical`); `sig` is the signature in standard base64. The public key in
+`fleet.signing_public_key` is the raw 32-byte Ed25519 key in base64; the operator keeps the
+private key as PKCS#8 PEM (`kiosk fleet keygen`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from kiosk.errors import ConfigError, KioskError
+
+
+class SigningError(KioskError):
+    """A key cannot be read or a payload cannot be signed."""
+
+
+def canonical(payload: dict[str, Any]) -> bytes:
+    """The bytes that are signed: the payload without `sig`, sorted keys, no spaces, UTF-8."""
+    body = {k: v for k, v in payload.items() if k != "sig"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def public_key(text: str) -> Ed25519PublicKey:
+    """The Ed25519 public key from its base64 form.
+
+    Raises:
+        ConfigError: not base64 of 32 bytes.
+    """
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            [
+                (
+                    "fleet.signing_public_key: is not an Ed25519 public key in base64 (32 bytes);"
+                    " `kiosk fleet keygen` prints one"
+                )
+            ]
+        ) from None
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    """The base64 form `fleet.signing_public_key` takes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def verify(payload: dict[str, Any], key: Ed25519PublicKey) -> bool:
+    """Whether `payload["sig"]` is a valid signature of the rest of the payload."""
+    sig = payload.get("sig")
+    if not isinstance(sig, str):
+        return False
+    try:
+        key.verify(base64.b64decode(sig, validate=True), canonical(payload))
+    except (binascii.Error, ValueError, InvalidSignature, TypeError):
+        return False
+    return True
+
+
+def sign(payload: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The payload with `sig` set (any old `sig` is replaced)."""
+    try:
+        body = canonical(payload)
+    except (TypeError, ValueError) as exc:
+        raise SigningError(f"the payload cannot be signed: {exc}") from exc
+    return {**{k: v for k, v in payload.items() if k != "sig"}, "sig": base64.b64encode(key.sign(body)).decode()}
+
+
+def generate() -> Ed25519PrivateKey:
+    """A new private key."""
+    return Ed25519PrivateKey.generate()
+
+
+def private_pem(key: Ed25519PrivateKey) -> bytes:
+    """The private key as unencrypted PKCS#8 PEM (keep the file private)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_private(pem: bytes) -> Ed25519PrivateKey:
+    """A private key from PKCS#8 PEM.
+
+    Raises:
+        SigningError: not an unencrypted Ed25519 private key.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SigningError(f"not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningError("the key is not an Ed25519 key; make one with `kiosk fleet keygen`")
+    return key
