@@ -32,6 +32,7 @@ LEDGER_ROWS = {
     "demo-5-snacks": ("succeeded", "5.00 USD", "3.00 USD", "2.00 USD"),
     "demo-6-juice": ("canceled", "3.00 USD", "-", "-"),
     "demo-7-tea": ("succeeded", "3.50 USD", "3.50 USD", "-"),
+    "demo-8-cookies": ("succeeded", "2.80 USD", "2.80 USD", "-"),
 }
 
 
@@ -71,6 +72,8 @@ def _assert_demo_passed(result: subprocess.CompletedProcess[str], broker_line: s
     assert re.search(r"demo-3-water +canceled +1\.50 USD +card_timeout", out)
     assert re.search(r"demo-6-juice +canceled +3\.00 USD +customer_canceled", out)
     assert re.search(r"demo-7-tea +\S demo +SIGKILL kioskd", out)
+    assert re.search(r"demo-8-cookies +\S demo +kioskd died after the capture", out)
+    assert re.search(r"demo-8-cookies +completed +2\.80 USD +captured 2\.80 USD", out)
     assert re.search(r"kioskd +offline", out)
 
 
@@ -83,7 +86,9 @@ def _ledger_row(line: str) -> list[str]:
 def test_demo_with_the_embedded_broker(tmp_path: Path) -> None:
     result = _run_demo(tmp_path, "--broker", "embedded")
     _assert_demo_passed(result, "kiosk's embedded MQTT broker")
-    assert "daemon start 2" in (tmp_path / "work" / "daemon.log").read_text()
+    daemon_log = (tmp_path / "work" / "daemon.log").read_text()
+    assert "daemon start 4 (crash point: none)" in daemon_log
+    assert "crash point after_capture reached" in daemon_log
 
 
 @pytest.mark.slow

@@ -159,11 +159,19 @@ class VendingController:
             seen = len(statuses)
             await self._wait_change(1.0)
 
-    async def wait_daemon(self, *, payments: str = "available") -> dict[str, Any]:
-        """Wait until the daemon says it is online with payments in the given state."""
+    async def wait_daemon(self, *, payments: str = "available", not_boot: str | None = None) -> dict[str, Any]:
+        """Wait until the daemon says it is online with payments in the given state.
+
+        `not_boot`: a boot id to ignore (the daemon as it was before a restart).
+        """
         while True:
             state = self.daemon_state
-            if state is not None and state.get("state") == "online" and state.get("payments") == payments:
+            if (
+                state is not None
+                and state.get("state") == "online"
+                and state.get("payments") == payments
+                and (not_boot is None or state.get("boot_id") != not_boot)
+            ):
                 return state
             await self._wait_change(1.0)
 

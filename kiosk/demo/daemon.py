@@ -6,6 +6,7 @@ start it again on the same state directory. Its logs go to a file, not into the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -50,15 +51,18 @@ class DaemonProcess:
         """The running process's id."""
         return self.proc.pid if self.proc is not None else None
 
-    def start(self) -> None:
-        """Start (or start again) the daemon."""
+    def start(self, *, crash_at: str | None = None) -> None:
+        """Start (or start again) the daemon; `crash_at` arms one of kiosk's crash points for this run."""
         self.runs += 1
+        env = dict(self.env)
+        if crash_at:
+            env["KIOSK_TEST_CRASH_AT"] = crash_at
         with self.log_path.open("ab") as log:
-            log.write(f"--- kiosk demo: daemon start {self.runs}\n".encode())
+            log.write(f"--- kiosk demo: daemon start {self.runs} (crash point: {crash_at or 'none'})\n".encode())
             log.flush()
             self.proc = subprocess.Popen(  # noqa: S603 - this very Python running kiosk
                 [sys.executable, "-m", "kiosk", "run", "--config", str(self.config_path)],
-                env=self.env,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -67,6 +71,14 @@ class DaemonProcess:
     def alive(self) -> bool:
         """Whether the process runs."""
         return self.proc is not None and self.proc.poll() is None
+
+    async def wait_exit(self, poll_s: float = 0.05) -> int | None:
+        """Wait until the process ends by itself (a crash point); its exit code."""
+        while (proc := self.proc) is not None:
+            if (code := proc.poll()) is not None:
+                return code
+            await asyncio.sleep(poll_s)
+        return None
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no clean-up, as a power cut."""

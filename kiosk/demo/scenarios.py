@@ -9,6 +9,7 @@ reason, exactly one PaymentIntent for the order, the captured amount, and no hol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,33 @@ async def _daemon_killed_mid_order(stage: Stage, sc: Scenario) -> dict[str, Any]
             await task
 
 
+async def _daemon_dies_after_capture(stage: Stage, sc: Scenario) -> dict[str, Any]:
+    order_id = sc.order.order_id
+    ctl, daemon, timeline = stage.ctl, stage.daemon, stage.timeline
+    booted = (ctl.daemon_state or {}).get("boot_id")
+    timeline.note(order_id, "demo", "restarts kioskd set to die right after Stripe captures, before it records that")
+    daemon.stop()
+    daemon.start(crash_at="after_capture")
+    await ctl.wait_daemon(not_boot=booted)
+    stage.present(order_id, GOOD_CARD, f"taps visa {GOOD_CARD[-4:]}")
+
+    async def restart_when_dead() -> None:
+        await daemon.wait_exit()
+        timeline.note(order_id, "demo", "kioskd died after the capture: its journal still says capturing")
+        await asyncio.sleep(RESTART_AFTER_S)
+        daemon.start()
+        timeline.note(order_id, "demo", f"starts kioskd again (pid {daemon.pid}): it must not capture twice")
+
+    watcher = asyncio.create_task(restart_when_dead())
+    try:
+        return await ctl.buy(sc.order, _dispense(VendOutcome("success")))
+    finally:
+        if not watcher.done():
+            watcher.cancel()  # the crash point was never reached: the verdict says what happened
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "approved",
@@ -219,6 +247,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         Order("demo-7-tea", 350),
         Expect("completed", captured=350, intent_status="succeeded"),
         _daemon_killed_mid_order,
+    ),
+    Scenario(
+        "crash_after_capture",
+        "kioskd dies right after Stripe captured, restarted → completed, captured once",
+        Order("demo-8-cookies", 280),  # not 275: amounts ending in 75 are Stripe's PIN decline
+        Expect("completed", captured=280, intent_status="succeeded"),
+        _daemon_dies_after_capture,
     ),
 )
 
