@@ -386,7 +386,17 @@ def _read_then(order: OrderData, now: float, read: Op, retry: Op | None, *, dela
 
 
 def _new_attempt(order: OrderData, op: Op) -> OrderData:
-    return replace(order, attempts={**order.attempts, op.value: order.attempts.get(op.value, 1) + 1})
+    attempts = {**order.attempts, op.value: order.attempts.get(op.value, 1) + 1}
+    if op is Op.COLLECT:
+        # A new collection needs a new confirmation: under the old key Stripe would replay the
+        # first confirm's answer (a decline) and the new card would never be confirmed.
+        attempts[Op.CONFIRM.value] = attempts.get(Op.CONFIRM.value, 1) + 1
+    return replace(order, attempts=attempts)
+
+
+def _backoff_s(order: OrderData) -> float:
+    policy = order.policy
+    return min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** max(order.tries - 1, 0))
 
 
 def _begin_goal(order: OrderData, goal: Goal, now: float) -> OrderData:
@@ -519,9 +529,7 @@ def _observe_reader_action(order: OrderData, reader: ReaderView, now: float) -> 
         if retry is not None:
             # The retry follows, after a backoff: a reader busy with something else (another
             # order's action, a card left inserted) answers busy again if asked at once.
-            policy = order.policy
-            wait = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** max(order.tries - 1, 0))
-            return replace(order, retry_at=now + wait)
+            return replace(order, retry_at=now + _backoff_s(order))
         return order
     if order.state is State.AWAITING_CARD or order.state is State.PROCESSING:
         if not ours or action is None:
@@ -712,11 +720,13 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
     if failure is Failure.AUTH:
         if order.goal is not None or order.state in {State.APPROVED, State.CAPTURING}:
             return _retry(order, now, op, same_key=True, delay=order.policy.backoff_cap_s)
-        return _begin_goal(
+        order = _begin_goal(
             order,
             Goal(State.FAILED, "payments_unavailable", "Payments are unavailable right now."),
             now,
         )
+        # The key will not be accepted a moment later either: wind down after a pause.
+        return order if order.terminal else replace(order, retry_at=now + order.policy.backoff_cap_s)
     if failure is Failure.THROTTLED:
         return _retry(order, now, op, same_key=True, delay=event.retry_after)
     if not op.mutating:
@@ -726,7 +736,9 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
             case Op.CREATE:
                 return _retry(order, now, Op.CREATE, same_key=True)
             case Op.DISPLAY:
-                return replace(order, displayed=True)  # cosmetic; the payment action replaces it anyway
+                # Cosmetic; the payment action replaces it anyway. Drop a pending display retry
+                # (after throttling), or it would be re-sent at once, forever.
+                return replace(order, displayed=True, retry_op=None)
             case Op.PROCESS | Op.COLLECT | Op.CONFIRM | Op.CANCEL_ACTION:
                 return _read_then(order, now, Op.READ_READER, op)
             case Op.CAPTURE | Op.CANCEL:
@@ -734,7 +746,7 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
     # Refused, with a code.
     match op, code:
         case Op.DISPLAY, _ if code != "terminal_reader_offline":
-            return replace(order, displayed=True)
+            return replace(order, displayed=True, retry_op=None)
         case _, "terminal_reader_offline":
             if op is Op.CANCEL_ACTION or order.goal is not None:
                 # Nothing can be cleared on a reader that is gone: go on to release the PI (and
@@ -762,7 +774,10 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
             order = _read_then(order, now, Op.READ_READER, op, delay=delay)
             return _new_attempt(order, op) if op is not Op.CANCEL_ACTION else order
         case _, "intent_invalid_state" | "payment_intent_unexpected_state":
-            return _read_then(order, now, Op.READ_INTENT, None)
+            # Read after a backoff: when the PI looks ready for the same call again (a collected
+            # card the reader lost), asking again at once would loop without time passing.
+            order = _read_then(order, now, Op.READ_INTENT, None)
+            return replace(order, retry_at=now + _backoff_s(order))
         case Op.CONFIRM, _:
             return _begin_goal(
                 order,
@@ -776,6 +791,10 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
         case Op.CAPTURE | Op.CANCEL, _:
             # Capture and release are never given up on: read, then try again with a new key.
             return _new_attempt(_read_then(order, now, Op.READ_INTENT, op, delay=order.policy.backoff_base_s), op)
+    if op is Op.CREATE and order.goal is not None:
+        # Refused, so no PaymentIntent exists under this key (an applied create would have been
+        # replayed): nothing to release. Creating one with a new key only to cancel it is a risk.
+        return _end_goal(order)
     if order.goal is not None:
         return _retry(order, now, op, same_key=False)
     return _begin_goal(

@@ -294,6 +294,10 @@ class FakeStripe:
         if call.op.mutating:
             self._check_key(call, order)
         fault = next((f for f in self.faults if f.op is None or f.op is call.op), None)
+        if fault is not None and fault.kind == "refused" and call.key in self.keys:
+            # A request whose key has a stored result gets that result replayed, not a new refusal.
+            self.faults.remove(fault)
+            fault = None
         if fault is not None:
             self.faults.remove(fault)
             if fault.kind == "throttled":
@@ -430,6 +434,7 @@ class Driver:
     replies: list[Reason | None] = field(default_factory=list)
     states: list[State] = field(default_factory=list)
     budget_failed: bool = False
+    pending: Outcome | None = None
     _reads_now: set[Op] = field(default_factory=set)
     _calls_now: int = 0
     _instant: float = -1.0
@@ -455,6 +460,7 @@ class Driver:
             message_id=f"m-{order_id}",
         )
         self.states = [self.order.state]
+        self._reads_now, self._calls_now = set(), 0  # the busy-loop count is per order
         return self.order
 
     @property
@@ -482,9 +488,11 @@ class Driver:
         self.check()
 
     def send(self, event: Event) -> Reason | None:
-        """Feed a controller message or a restart to the order."""
+        """Feed a controller message or a restart to the order (also while a call is in flight)."""
         if isinstance(event, Restarted):
+            self.pending = None  # the reply of the call in flight, if any, is lost
             self.tick(1.0)  # a restart takes time; reads afterwards are not a busy loop
+        self._reads_now = set()  # news: reading again is not a repeat
         order, reply = core.handle(self.o, event, self.now)
         self._set(order)
         self.replies.append(reply)
@@ -505,6 +513,15 @@ class Driver:
 
     def step(self) -> Call | Wait | None:
         """One plan, and when it is a call, perform it and feed back the outcome."""
+        action = self.begin()
+        if isinstance(action, Call):
+            self.finish()
+        return action
+
+    def begin(self) -> Call | Wait | None:
+        """Plan, and when it is a call, perform it; its outcome waits for `finish`."""
+        if self.pending is not None:
+            return Wait(None)
         if self._instant != self.now:
             self._instant, self._reads_now, self._calls_now = self.now, set(), 0
         order, action = core.plan(self.o, self.now)
@@ -514,6 +531,21 @@ class Driver:
                 self.violations.append(f"plan waits until {action.until} <= now {self.now}: a busy loop")
             return action
         call = action
+        self._check_call(order, call)
+        self.pending = self.stripe.perform(call, order)
+        return call
+
+    def finish(self) -> None:
+        """The outcome of the call in flight reaches the order."""
+        outcome, self.pending = self.pending, None
+        if outcome is None:
+            return
+        new, reply = core.handle(self.o, outcome, self.now)
+        if reply is not None:
+            self.violations.append(f"a call outcome was answered with {reply}")
+        self._set(new)
+
+    def _check_call(self, order: OrderData, call: Call) -> None:
         if order.inflight != call:
             self.violations.append(f"{call} not recorded in order.inflight before the call")
         if call.op.mutating and call.key is None:
@@ -528,15 +560,12 @@ class Driver:
         if self._calls_now > BUSY_LIMIT:
             self.violations.append(f"{self._calls_now} calls at t={self.now}: a busy loop")
             raise BusyLoopError(self.violations[-1])
-        outcome = self.stripe.perform(call, order)
-        new, reply = core.handle(order, outcome, self.now)
-        if reply is not None:
-            self.violations.append(f"a call outcome was answered with {reply}")
-        self._set(new)
-        return call
 
     def crash(self, *, applied: bool) -> Call | None:
         """The daemon dies: the next call was saved, and made (`applied`) or not; then it restarts."""
+        if self.pending is not None:
+            self.send(Restarted())
+            return None
         order, action = core.plan(self.o, self.now)
         self._set(order)
         call = action if isinstance(action, Call) else None
