@@ -66,6 +66,9 @@ class DaemonProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                # Its own session: Ctrl-C at the terminal stops the demo, which then stops the
+                # daemon in order (SIGTERM), instead of the daemon getting the SIGINT too.
+                start_new_session=True,
             )
 
     def alive(self) -> bool:

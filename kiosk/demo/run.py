@@ -114,7 +114,12 @@ def run(  # noqa: PLR0913 - every option of the command, by name
             log_file = stack.enter_context((work / "demo.log").open("a", encoding="utf-8"))
             logs.configure(level="info", json=True, stream=log_file)
             stack.callback(logs.configure, level="info")  # back to stderr before the file closes
-        outcome, daemon = _play(timeline, broker, work, scenarios, stack)
+        try:
+            outcome, daemon = _play(timeline, broker, work, scenarios, stack)
+        except KeyboardInterrupt:
+            timeline.text()
+            timeline.text(f"kiosk demo: interrupted; the daemon's journal and log are kept in {work}", BOLD)
+            raise
         ok = outcome.ok
         _print_verdicts(timeline, outcome, time.monotonic() - started)
         if not ok:
