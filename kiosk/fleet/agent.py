@@ -455,7 +455,7 @@ class FleetAgent:
     def _signed(self, data: dict[str, Any]) -> bool:
         return self.key is None or signing.verify(data, self.key)
 
-    async def _on_desired(self, payload: bytes) -> None:
+    async def _on_desired(self, payload: bytes) -> None:  # noqa: C901 - each refusal in protocol order
         if not payload:
             return  # the retained desired configuration was cleared: keep what is in force
         try:
@@ -498,6 +498,10 @@ class FleetAgent:
             await asyncio.to_thread(self.store.record_config, record, self._clock())
         self.config_record = record
         await self._quietly(self.publish_reported())
+        if record.status != "rejected":
+            await self._quietly(
+                self._publish(self.topics.state, self._state(online=True, config_version=version), retain=True)
+            )
 
     def _apply(self, desired: remote_config.Desired) -> None:
         """Put the live subset in force: new orders use it; orders in flight keep their own policy."""

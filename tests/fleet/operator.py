@@ -64,7 +64,9 @@ class Operator:
                 await self._changed.wait()
             return result
 
-    async def wait_for(self, suffix: str, check: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+    async def wait_for(
+        self, suffix: str, check: Callable[[dict[str, Any]], bool], timeout: float = 20
+    ) -> dict[str, Any]:
         """The first payload on a topic that satisfies `check`."""
 
         def found() -> dict[str, Any] | None:
@@ -82,7 +84,9 @@ class Operator:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await self.client.publish(f"{self.base}/{suffix}", body, qos=1, retain=retain)
 
-    def request(self, args: dict[str, Any] | None = None, *, expires_in: float = 60, sign: bool = True) -> dict[str, Any]:
+    def request(
+        self, args: dict[str, Any] | None = None, *, expires_in: float = 60, sign: bool = True
+    ) -> dict[str, Any]:
         """A command request body."""
         body = {"request_id": uuid.uuid4().hex, "expires_at": rfc3339(expires_in), "args": args or {}}
         return self.sign(body) if sign else body
