@@ -549,9 +549,10 @@ class Runner:
                     in_reply_to=event.message_id,
                 )
                 return
-            # A terminal order: a duplicate report changes nothing; answer with the truth.
+            # A terminal order: a duplicate report changes nothing; answer with the truth. A
+            # cancel is refused (too_late) whether or not a vend result ended the order.
             _, reply = core.handle(current, event, self._clock())
-            if reply is not None and current.vend_result is None:
+            if reply is not None:
                 await self._reject(order_id, reply.code, reply.message, retryable=False, in_reply_to=event.message_id)
             else:
                 await self._enqueue(self._republish(current))

@@ -224,3 +224,43 @@ async def test_statuses_go_out_on_mqtt_3_too(rig: Rig) -> None:
     await rig.ctl.vend("m-1", "success")
     await rig.ctl.wait_for("m-1", "completed")
     rig.assert_money_safe()
+
+
+async def test_controller_cancel_after_approval_releases_the_hold(rig: Rig) -> None:
+    # The machine could not dispense after all and says so with cancel instead of vend_result.
+    rig.sim.auto_present(rig.reader, 0.2)
+    await rig.ctl.request("c-4", 300)
+    await rig.ctl.wait_for("c-4", "approved")
+    cancel_id = await rig.ctl.cancel_id("c-4")
+    done = await rig.ctl.wait_for("c-4", "canceled", "failed", "completed")
+    assert done["state"] == "canceled"
+    assert done["reason"]["code"] == "controller_canceled"
+    assert done["in_reply_to"] == cancel_id
+    (pi,) = rig.intents("c-4")
+    assert pi.status == "canceled"
+    assert pi.captures == ()
+    rig.assert_money_safe()
+
+
+async def test_messages_after_the_end_change_nothing(rig: Rig) -> None:
+    rig.sim.auto_present(rig.reader, 0.2)
+    await rig.ctl.request("e-1", 300)
+    await rig.ctl.wait_for("e-1", "approved")
+    await rig.ctl.vend("e-1", "success")
+    done = await rig.ctl.wait_for("e-1", "completed")
+    # Too late to cancel: refused, and the controller hears the real ending again.
+    cancel_id = await rig.ctl.cancel_id("e-1")
+    refused = await rig.ctl.wait_reply("e-1", cancel_id)
+    assert refused["state"] == "rejected"
+    assert refused["reason"]["code"] == "too_late"
+    await rig.ctl.wait_until(lambda: rig.ctl.states("e-1")[-1] == "completed")
+    # A repeated vend result is a duplicate: the same ending, nothing captured twice.
+    count = len(rig.ctl.statuses["e-1"])
+    await rig.ctl.vend("e-1", "success")
+    await rig.ctl.wait_until(lambda: len(rig.ctl.statuses["e-1"]) > count)
+    assert rig.ctl.last("e-1")["state"] == "completed"
+    assert rig.ctl.last("e-1")["seq"] == done["seq"]
+    assert (await rig.retained_status("e-1")).payload["seq"] == done["seq"]
+    (pi,) = rig.intents("e-1")
+    assert len(pi.captures) == 1
+    rig.assert_money_safe()
