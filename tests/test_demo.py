@@ -206,3 +206,17 @@ def test_judge_wants_one_intent_and_one_capture_of_the_right_amount() -> None:
         in judge(scenario, _status("canceled", 6, reason={"code": "vend_failed"}), good).summary
     )
     assert not judge(scenario, None, good).ok
+
+
+@pytest.mark.slow
+def test_a_daemon_that_cannot_start_fails_the_demo_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo_run, "KIOSK_ID", "not a valid id!")
+    out = io.StringIO()
+    code = demo_run.run(out, broker="embedded", colour=False, workdir=tmp_path / "work", scenarios=SCENARIOS[:1])
+    text = out.getvalue()
+    assert code == 1
+    assert "kioskd exited with code 78" in text
+    assert "configuration error" in text  # the daemon's own sentence, from its log
+    assert "the order reached no final state" in text

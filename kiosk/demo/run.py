@@ -203,11 +203,7 @@ async def _scenarios(rig: _Rig, scenarios: Sequence[Scenario]) -> dict[str, dict
     async with controller_mod.connect(url.hostname or "127.0.0.1", url.port or 1883, hooks=hooks) as ctl:
         stage = Stage(sim, reader, ctl, rig.daemon, timeline)
         for number, scenario in enumerate(scenarios, 1):
-            try:
-                async with asyncio.timeout(DAEMON_READY_TIMEOUT_S):
-                    await ctl.wait_daemon()
-            except TimeoutError:
-                timeline.text(f"kioskd is not online with payments available after {DAEMON_READY_TIMEOUT_S:g} s", RED)
+            if not await _daemon_ready(ctl, rig.daemon, timeline):
                 break
             sim.auto_present(reader, None)
             timeline.heading(f"{number}/{len(scenarios)}  {scenario.title}")
@@ -218,6 +214,22 @@ async def _scenarios(rig: _Rig, scenarios: Sequence[Scenario]) -> dict[str, dict
                 timeline.text(f"   no final state after {SCENARIO_TIMEOUT_S:g} s", RED)
             sim.auto_present(reader, None)
     return finals
+
+
+async def _daemon_ready(ctl: controller_mod.VendingController, daemon: DaemonProcess, timeline: Timeline) -> bool:
+    """Wait for kioskd to be online with payments available; False (said on screen) if it is not."""
+    online = asyncio.ensure_future(ctl.wait_daemon())
+    exited = asyncio.ensure_future(daemon.wait_exit())
+    done, _ = await asyncio.wait({online, exited}, timeout=DAEMON_READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    online.cancel()
+    exited.cancel()
+    if online in done:
+        return True
+    if exited in done:
+        timeline.text(f"kioskd exited with code {exited.result()} (see its log below)", RED)
+    else:
+        timeline.text(f"kioskd is not online with payments available after {DAEMON_READY_TIMEOUT_S:g} s", RED)
+    return False
 
 
 def _leftovers(ledger: Ledger, scenarios: Sequence[Scenario]) -> tuple[str, ...]:

@@ -274,7 +274,7 @@ def judge(scenario: Scenario, final: Mapping[str, Any] | None, ledger: Ledger) -
     order = scenario.order
     problems: list[str] = []
     if final is None:
-        problems.append("the order did not reach a final state in time")
+        problems.append("the order reached no final state")
         state, reason, reported = "unfinished", None, None
     else:
         state = str(final.get("state"))
