@@ -44,6 +44,8 @@ class Operator:
                 payload = json.loads(raw) if raw else {}
             except ValueError:
                 payload = {"_raw": str(raw)}
+            if not isinstance(payload, dict):
+                payload = {"_value": payload}  # a bridge's notification flag is a bare 1 or 0
             self.seen.append((message.topic.value, payload, bool(message.retain)))
             self._changed.set()
 
