@@ -163,7 +163,10 @@ def _play(
     timeline.text("kiosk demo: the whole system on this machine, no Stripe account, reader or broker needed", BOLD)
     timeline.text(f"  MQTT broker     {broker.describe}")
     timeline.text(f"  Stripe          kiosk's Stripe simulator on {sim_handle.url}, simulated reader {reader}")
-    timeline.text(f"  daemon          kiosk run (child process), log in {daemon.log_path}")
+    timeline.text(
+        f"  daemon          kiosk run (child process), log in {daemon.log_path}"
+        " (kept if a sale fails, or with --workdir)"
+    )
     timeline.text("  controller      a simulated vending controller on the local bus (protocol.md §1)")
     timeline.text(
         f"  timeouts scaled for the demo: card timeout {CARD_TIMEOUT_S} s (30 s by default), "
