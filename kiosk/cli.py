@@ -15,6 +15,7 @@ from typing import NoReturn, TextIO
 
 from kiosk import __version__, logs
 from kiosk.errors import ConfigError, KioskError, UsageError
+from kiosk.fleet import cli as fleet_cli
 from kiosk.logs import REDACTOR
 
 EX_OK = 0
@@ -71,6 +72,10 @@ def _cmd_simulator(args: argparse.Namespace, out: TextIO) -> int:
     return command.run(args.host, args.port, out, seed=args.seed)
 
 
+def _cmd_fleet(args: argparse.Namespace, out: TextIO) -> int:
+    return fleet_cli.run(args, out)
+
+
 Command = Callable[[argparse.Namespace, TextIO], int]
 
 
@@ -115,6 +120,10 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
     simulator.add_argument("--port", type=int, default=12111, help="port (default 12111; 0 picks one)")
     simulator.add_argument("--seed", type=int, default=0, help="seed for ids and random faults (default 0)")
     commands["simulator"] = _cmd_simulator
+
+    fleet = sub.add_parser("fleet", help="fleet tools: keygen, sign (docs: README, Fleet)")
+    fleet_cli.add_arguments(fleet)
+    commands["fleet"] = _cmd_fleet
 
     return parser, commands
 
