@@ -286,8 +286,8 @@ class Service:
             async with self.bus, asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.runner.run(), name="runner")
                 tasks.create_task(self._consume(), name="consume")
-                tasks.create_task(self._publish_outbox(), name="outbox")
-                tasks.create_task(self._watch_reader(), name="reader-watch")
+                outbox = tasks.create_task(self._publish_outbox(), name="outbox")
+                watch = tasks.create_task(self._watch_reader(), name="reader-watch")
                 tasks.create_task(self._reconcile(), name="reconciler")
                 if self.fleet is not None:
                     tasks.create_task(self.fleet.run(), name="fleet")
@@ -297,6 +297,10 @@ class Service:
                 await stopper
                 self.notifier.stopping(status="stopping")
                 log.info("service.stopping")
+                # Nothing may publish "online" after "offline": stop what announces states first.
+                outbox.cancel()
+                watch.cancel()
+                await asyncio.wait({outbox, watch})
                 await self._say_offline()
                 raise _Stopped  # noqa: TRY301 - leaving the task group cancels every task
         except* _Stopped:

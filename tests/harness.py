@@ -372,7 +372,7 @@ async def start_rig(
             finally:
                 if daemon.alive():
                     daemon.terminate()
-                print(daemon.log()[-5000:])  # noqa: T201 - shown by pytest when the test fails
+                print(daemon.log()[-5000:])  # shown by pytest when the test fails
     finally:
         handle.stop()
 
