@@ -48,6 +48,7 @@ PAYMENT_ACTIONS = frozenset({"process_payment_intent", "collect_payment_method",
 # States in which the reader may be running this order's payment action.
 ON_READER = frozenset({State.RECEIVED, State.AWAITING_CARD, State.PROCESSING, State.DECLINED})
 COLLECT_WINDOW_S = 30.0
+RESTART_VEND_GRACE_S = 30.0  # after a restart, at most this long for a vend result the broker kept
 
 # Short texts a customer can read on the machine's screen, by Stripe decline or error code.
 DECLINE_MESSAGES = {
@@ -336,6 +337,11 @@ def _restarted(order: OrderData, now: float) -> OrderData:
     if order.terminal:
         return order
     order = replace(order, retry_at=None, step_since=now if order.tries == 0 else order.step_since)
+    if order.state is State.APPROVED and order.goal is None and order.vend_deadline is not None:
+        # While kiosk was down the controller could not be heard: its vend result may be waiting
+        # in the broker's session, sent in time. Let it arrive before the hold is released.
+        grace = min(order.policy.vend_result_timeout_s, RESTART_VEND_GRACE_S)
+        order = replace(order, vend_deadline=max(order.vend_deadline, now + grace))
     if order.inflight is not None:
         call = order.inflight
         order = replace(order, inflight=None)

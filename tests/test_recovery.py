@@ -23,7 +23,7 @@ from kiosk.gateway import Gateway
 from kiosk.model import Policy, Reason, State
 from kiosk.mosquitto import Mosquitto
 from kiosk.runner import decode, encode
-from tests.crashrig import CrashRig, crash_rig, vend_when_approved
+from tests.crashrig import FINAL, CrashRig, crash_rig, vend_when_approved
 from tests.harness import API_KEY, assert_settled, assert_statuses_ordered
 
 pytestmark = pytest.mark.slow
@@ -133,6 +133,35 @@ async def test_seq_continues_from_the_journal_after_each_restart(rig: CrashRig) 
     assert states[-3:] == ["approved", "capturing", "completed"]
     assert next(s["seq"] for s in rig.ctl.statuses["o-4"] if s["state"] == "completed") == len(states)
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-4": 150})
+
+
+async def test_a_vend_result_sent_in_time_while_down_is_honoured_after_the_deadline(rig: CrashRig) -> None:
+    # The controller dispensed on `approved` and reported success at once, but kiosk had died; it
+    # is back only after the vend-result deadline. The report waited in the broker's session: the
+    # sale is captured, not released (before the fix kiosk canceled the PI as it read it back).
+    rig.daemon.env["KIOSK_PAYMENTS__VEND_RESULT_TIMEOUT_S"] = "2"
+    rig.sim.auto_present(rig.reader, 0.2)
+    await rig.start_and_order("approved_published", "o-7", 250)
+    await rig.ctl.wait_for("o-7", "approved")
+    await rig.ctl.vend("o-7", "success")
+    await rig.crash("approved_published")
+    await asyncio.sleep(2.5)
+    rig.daemon.start()
+    final = await rig.ctl.wait_for("o-7", *FINAL)
+    assert final["state"] == "completed", final
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-7": 250})
+
+
+async def test_no_vend_result_after_a_restart_still_releases_the_hold(rig: CrashRig) -> None:
+    rig.daemon.env["KIOSK_PAYMENTS__VEND_RESULT_TIMEOUT_S"] = "2"
+    rig.sim.auto_present(rig.reader, 0.2)
+    await rig.start_and_order("approved_published", "o-8", 250)
+    await rig.crash("approved_published")
+    await asyncio.sleep(2.5)
+    rig.daemon.start()
+    final = await rig.ctl.wait_for("o-8", *FINAL)
+    assert (final["state"], final["reason"]["code"]) == ("canceled", "vend_result_timeout")
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-8": None})
 
 
 # --- Reconciliation -----------------------------------------------------------------------------
