@@ -74,6 +74,82 @@ async def test_a_sale_survives_a_crash_at(
     assert "approved" in states
 
 
+COLLECT_CONFIRM = [
+    pytest.param(("before_collect",), id="before_collect"),
+    pytest.param(("after_collect",), id="after_collect"),
+    pytest.param(("before_confirm",), id="before_confirm"),
+    pytest.param(("after_confirm",), id="after_confirm"),
+    pytest.param(("after_collect", "after_confirm"), id="after_collect+after_confirm"),
+    pytest.param(("after_confirm", "recovering"), id="after_confirm+recovering"),
+]
+
+
+@pytest.mark.parametrize("steps", COLLECT_CONFIRM)
+async def test_a_split_flow_sale_survives_a_crash_at(rig: CrashRig, steps: tuple[str, ...]) -> None:
+    # collect_payment_method, then confirm_payment_intent within Stripe's 30 s window.
+    rig.daemon.env["KIOSK_PAYMENTS__FLOW"] = "collect_confirm"
+    rig.sim.auto_present(rig.reader, 0.2)
+    await rig.start_and_order(steps[0], "o-7", 440)
+    sale = asyncio.create_task(vend_when_approved(rig.ctl, "o-7", "success"))
+    await rig.crash_through(steps)
+    final = await sale
+    assert final["captured_amount"] == 440
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-7": 440})
+
+
+@pytest.mark.parametrize("step", ["before_display", "after_display"])
+async def test_a_sale_with_a_cart_survives_a_crash_at(rig: CrashRig, step: str) -> None:
+    items = [{"sku": "c-1", "name": "Cola", "quantity": 2, "unit_amount": 150}]
+    rig.sim.auto_present(rig.reader, 0.2)
+    rig.daemon.start(crash_at=step)
+    await rig.ctl.wait_daemon("online")
+    await rig.ctl.request("o-8", 300, items=items)
+    sale = asyncio.create_task(vend_when_approved(rig.ctl, "o-8", "success"))
+    await rig.crash_through((step,))
+    await sale
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-8": 300})
+
+
+async def test_a_cancel_sent_while_the_daemon_is_down_is_applied(rig: CrashRig) -> None:
+    # No card yet; kiosk dies after starting the payment; the customer walks away meanwhile.
+    await rig.start_and_order("after_process", "o-9", 300)
+    await rig.crash("after_process")
+    await rig.ctl.cancel("o-9")
+    rig.daemon.start()
+    final = await rig.ctl.wait_for("o-9", *FINAL)
+    assert (final["state"], final["reason"]["code"]) == ("canceled", "controller_canceled")
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-9": None})
+
+
+@pytest.mark.parametrize("step", ["status_queued_declined", "after_read_reader"])
+async def test_a_decline_then_approval_survives_a_crash_at(rig: CrashRig, step: str) -> None:
+    # The first card is declined (insufficient funds), the reader prompts again on the same PI.
+    rig.sim.auto_present(rig.reader, 0.2, card="4000000000009995")
+    await rig.start_and_order(step, "o-10", 310)
+    await rig.crash(step)
+    rig.sim.auto_present(rig.reader, 0.2)
+    rig.daemon.start()
+    final = await vend_when_approved(rig.ctl, "o-10", "success")
+    assert final["captured_amount"] == 310
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-10": 310})
+
+
+async def test_a_cancel_while_the_card_is_being_authorised_survives_a_crash(rig: CrashRig) -> None:
+    # The controller cancels while the reader is authorising (cancel_action answers busy); kiosk
+    # dies on the way. Whatever the authorisation did, nothing stays held and nothing is charged.
+    rig.sim.set_authorisation_delay(rig.reader, 1.0)
+    rig.sim.auto_present(rig.reader, 0.1)
+    await rig.start_and_order("after_cancel_action", "o-11", 320)
+    await rig.ctl.wait_for("o-11", "awaiting_card")
+    await asyncio.sleep(0.3)
+    await rig.ctl.cancel("o-11")
+    await rig.crash("after_cancel_action")
+    rig.daemon.start()
+    final = await rig.ctl.wait_for("o-11", *FINAL)
+    assert final["state"] == "canceled", final
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-11": None})
+
+
 async def test_a_card_timeout_survives_a_crash_at_cancel_action(rig: CrashRig) -> None:
     # No card: the order times out; the daemon dies right after asking the reader to stop.
     rig.daemon.env["KIOSK_PAYMENTS__CARD_TIMEOUT_S"] = "1"
