@@ -524,6 +524,9 @@ def _observe_reader_action(order: OrderData, reader: ReaderView, now: float) -> 
             return _new_attempt(order, Op.CANCEL_ACTION) if again else order
         order = replace(order, action_cleared=True, retry_op=None if retry is Op.CANCEL_ACTION else retry)
         if ours and action is not None and action.status == "succeeded":
+            # The PI decides (it may be authorised); when the read carried it, don't read it again.
+            if reader.intent is not None and reader.intent.id == order.intent_id:
+                return _observe_intent(order, reader.intent, now)
             return replace(order, pending_read=Op.READ_INTENT)
         return order
     if order.state in {State.RECEIVED, State.DECLINED}:

@@ -643,3 +643,56 @@ def test_a_result_for_a_call_not_in_flight_is_a_bug(d: Driver) -> None:
     d.start()
     with pytest.raises(IllegalTransition):
         core.handle(d.o, FakeStripe().perform(Call(Op.READ_READER), d.o), d.now)
+
+
+# --- regressions found by the state machine --------------------------------------------------------
+
+
+def test_split_flow_decline_then_a_good_card_is_confirmed_under_a_new_key(d: Driver) -> None:
+    awaiting(d, policy=replace_policy(flow="collect_confirm"))
+    assert d.stripe.present_card("generic_decline")
+    d.run_until(State.DECLINED, limit=10)
+    d.run_until(State.AWAITING_CARD, limit=10)
+    assert d.stripe.present_card()
+    d.run_until(State.APPROVED, limit=10)
+    assert d.o.state is State.APPROVED
+    keys = [c.key for c in d.stripe.calls if c.op is Op.CONFIRM]
+    assert len(keys) == len(set(keys)) == 2
+
+
+def test_reader_losing_a_collected_card_ends_the_order_without_a_hot_loop(d: Driver) -> None:
+    awaiting(d, policy=replace_policy(flow="collect_confirm"))
+    assert d.stripe.present_card()
+    d.stripe.reboot_reader()
+    d.settle()
+    assert d.o.state is State.CANCELED
+    assert d.o.reason is not None
+    assert d.o.reason.code in {"card_timeout", "confirm_window_missed"}
+    assert d.stripe.cancels == ["pi_1"]
+    assert len(d.stripe.calls) < 60
+
+
+def test_throttled_display_then_a_broken_reader_is_not_retried_forever(d: Driver) -> None:
+    d.stripe.inject("throttled", Op.DISPLAY)
+    d.start(items=(Item("a", "Water", 1, 500),))
+    d.run(0.1)
+    d.stripe.hardware_fault = True
+    ended(d, State.CANCELED, "reader_unavailable")
+    assert [c.op for c in d.stripe.calls].count(Op.DISPLAY) == 2
+
+
+def test_auth_failure_on_a_read_pauses_before_winding_down(d: Driver) -> None:
+    awaiting(d)
+    d.stripe.inject("auth", Op.READ_READER)
+    ended(d, State.FAILED, "payments_unavailable")
+    assert d.stripe.cancels == ["pi_1"]
+
+
+def test_refused_create_while_winding_down_creates_nothing(d: Driver) -> None:
+    d.start()
+    d.stripe.inject("throttled", Op.CREATE)
+    d.step()
+    d.cancel()
+    d.stripe.inject("refused", Op.CREATE, "processing_error")
+    ended(d, State.CANCELED, "controller_canceled")
+    assert d.stripe.creates == {}
