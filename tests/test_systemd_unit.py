@@ -453,7 +453,7 @@ async def test_kiosk_serves_an_order_with_the_units_proc_and_memory_restrictions
         async with asyncio.timeout(20):
             assert await daemon.wait() == 0, stack.log.read_text(errors="replace")
     except BaseException:
-        print(stack.log.read_text(errors="replace"))  # noqa: T201 - the daemon's side, for the report
+        print(stack.log.read_text(errors="replace"))
         raise
     finally:
         if daemon.returncode is None:
