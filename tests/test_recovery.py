@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from kiosk import core
 from kiosk.gateway import Gateway
-from kiosk.model import Policy, Reason, State
+from kiosk.model import Call, Op, Policy, Reason, Restarted, State
 from kiosk.mosquitto import Mosquitto
 from kiosk.runner import decode, encode
 from tests.crashrig import FINAL, CrashRig, crash_rig, vend_when_approved
@@ -150,6 +150,31 @@ async def test_a_vend_result_sent_in_time_while_down_is_honoured_after_the_deadl
     final = await rig.ctl.wait_for("o-7", *FINAL)
     assert final["state"] == "completed", final
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-7": 250})
+
+
+def test_a_restart_gives_an_approved_order_a_bounded_grace_for_its_vend_result() -> None:
+    # The core's side of the test above: no I/O, time passed in.
+    start = 1_000.0
+    order = replace(
+        core.new_order(order_id="o", amount=100, currency="usd", policy=Policy(kiosk_id="k1"), now=start),
+        intent_id="pi_1",
+        state=State.APPROVED,
+        vend_deadline=start + 300,
+    )
+    back = start + 900  # the deadline passed while kiosk was down
+    restarted, _ = core.handle(order, Restarted(), back)
+    assert restarted.vend_deadline == back + core.RESTART_VEND_GRACE_S
+    planned, call = core.plan(restarted, back)
+    assert planned.goal is None
+    assert isinstance(call, Call)
+    assert call.op is Op.READ_INTENT
+    # The grace is bounded: with nothing heard, the hold is released when it ends.
+    late, _ = core.plan(replace(planned, inflight=None, pending_read=None), back + core.RESTART_VEND_GRACE_S)
+    assert late.goal is not None
+    assert late.goal.code == "vend_result_timeout"
+    # A release already under way is not undone.
+    winding = replace(order, goal=late.goal)
+    assert core.handle(winding, Restarted(), back)[0].vend_deadline == start + 300
 
 
 async def test_no_vend_result_after_a_restart_still_releases_the_hold(rig: CrashRig) -> None:
