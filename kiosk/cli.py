@@ -76,6 +76,37 @@ def _cmd_fleet(args: argparse.Namespace, out: TextIO) -> int:
     return fleet_cli.run(args, out)
 
 
+def _cmd_reader(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio  # noqa: PLC0415 - each command imports what it needs
+
+    from kiosk import settings  # noqa: PLC0415
+    from kiosk.gateway import Gateway  # noqa: PLC0415
+
+    loaded = settings.load(args.config, fallbacks={"id": "reader-admin", "stripe.reader_id": "tmr_unset"})
+    REDACTOR.add(loaded.settings.secret_values())
+    configured = loaded.settings.stripe.reader_id
+
+    async def work() -> int:
+        async with Gateway.from_settings(loaded.settings) as gateway:
+            if args.reader_command == "register":
+                reader = await gateway.register_reader(args.code, label=args.label, location=args.location)
+                print(f"registered {reader.id} ({reader.device_type}, {reader.status})", file=out)
+                print(f'set stripe.reader_id = "{reader.id}" (or KIOSK_STRIPE__READER_ID={reader.id})', file=out)
+                return EX_OK
+            rows = await gateway.list_readers()
+            if not rows:
+                print("no readers registered; register one with: kiosk reader register CODE", file=out)
+            for reader, label in rows:
+                mark = "*" if reader.id == configured else " "
+                print(
+                    f"{mark} {reader.id}  {reader.device_type or '-':<22} {reader.status or '-':<8} {label or ''}",
+                    file=out,
+                )
+            return EX_OK
+
+    return asyncio.run(work())
+
+
 Command = Callable[[argparse.Namespace, TextIO], int]
 
 
@@ -120,6 +151,17 @@ def _parser() -> tuple[_Parser, dict[str, Command]]:
     simulator.add_argument("--port", type=int, default=12111, help="port (default 12111; 0 picks one)")
     simulator.add_argument("--seed", type=int, default=0, help="seed for ids and random faults (default 0)")
     commands["simulator"] = _cmd_simulator
+
+    reader = sub.add_parser("reader", help="register and list the account's card readers")
+    reader_sub = reader.add_subparsers(dest="reader_command", metavar="ACTION", required=True, parser_class=_Parser)
+    register = reader_sub.add_parser("register", help="register a reader with the code it shows")
+    register.add_argument("code", help="registration code from the reader (test mode: simulated-wpe or simulated-s700)")
+    register.add_argument("--label", help="a name to recognise it by, e.g. the machine's location")
+    register.add_argument("--location", metavar="tml_…", help="the Terminal location to register it to")
+    listing = reader_sub.add_parser("list", help="list the account's readers (* marks the configured one)")
+    for p in (register, listing):
+        p.add_argument("--config", metavar="PATH", help="TOML file (default: $KIOSK_CONFIG, /etc/kiosk/kiosk.toml)")
+    commands["reader"] = _cmd_reader
 
     fleet = sub.add_parser("fleet", help="fleet tools: keygen, sign (docs: README, Fleet)")
     fleet_cli.add_arguments(fleet)

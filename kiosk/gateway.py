@@ -418,6 +418,30 @@ class Gateway:
         )
         return intent_from_dict(pi.to_dict())
 
+    # -- readers of the account ----------------------------------------------------------------
+
+    async def register_reader(
+        self, registration_code: str, *, label: str | None = None, location: str | None = None
+    ) -> Reader:
+        """Register a reader with the code it shows (or `simulated-wpe` in test mode)."""
+        params: dict[str, Any] = {"registration_code": registration_code}
+        if label is not None:
+            params["label"] = label
+        if location is not None:
+            params["location"] = location
+        reader = await self._call(
+            "readers.create",
+            lambda: self._client.v1.terminal.readers.create_async(params=params),  # type: ignore[arg-type]
+        )
+        return reader_from_dict(reader.to_dict())
+
+    async def list_readers(self) -> list[tuple[Reader, str | None]]:
+        """Every reader of the account (up to 100), with its label."""
+        page = await self._call(
+            "readers.list", lambda: self._client.v1.terminal.readers.list_async(params={"limit": 100})
+        )
+        return [(reader_from_dict(r.to_dict()), r.to_dict().get("label")) for r in page.data]
+
     # -- the reader ----------------------------------------------------------------------------
 
     async def retrieve_reader(self) -> Reader:

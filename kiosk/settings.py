@@ -444,11 +444,14 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     default_file: Path | None = DEFAULT_CONFIG_FILE,
+    fallbacks: Mapping[str, Any] | None = None,
 ) -> Loaded:
     """Read every source, validate, and return the effective settings.
 
     `default_file` is read when neither `config` nor $KIOSK_CONFIG names one; tests pass None so
-    that a machine's own /etc/kiosk/kiosk.toml cannot change their outcome.
+    that a machine's own /etc/kiosk/kiosk.toml cannot change their outcome. `fallbacks` (dotted
+    key → value) fill required settings no source gives, for commands that do not need them
+    (`kiosk reader register` runs before the reader id is known).
 
     Raises:
         ConfigError: with one sentence per invalid or missing setting.
@@ -469,6 +472,9 @@ def load(
         for dotted, value in flat.items():
             _set(merged, dotted, value)
             sources[dotted] = source
+    for dotted, value in (fallbacks or {}).items():
+        if dotted not in sources:
+            _set(merged, dotted, value)
     if "state_dir" not in merged:
         merged["state_dir"] = _default_state_dir(env)
     try:
