@@ -194,6 +194,18 @@ async def test_an_order_received_but_not_committed_is_delivered_again(rig: Crash
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-5": 210})
 
 
+async def test_an_order_journaled_but_not_acknowledged_is_delivered_again_and_changes_nothing(rig: CrashRig) -> None:
+    rig.sim.auto_present(rig.reader, 0.2)
+    await rig.start_and_order("order_journaled", "o-12", 230)
+    await rig.crash("order_journaled")
+    rig.daemon.start()
+    final = await vend_when_approved(rig.ctl, "o-12", "success")
+    assert final["captured_amount"] == 230
+    # The broker delivered the request again (never acknowledged); kiosk saw it was the same order.
+    assert '"order.duplicate_request"' in rig.daemon.log().rsplit("--- run", 1)[-1]
+    assert_settled(rig.sim.ledger(), rig.ctl, {"o-12": 230})
+
+
 async def test_seq_keeps_rising_across_restarts_and_queued_statuses_are_published(rig: CrashRig) -> None:
     # Killed with `approved` saved in the outbox but not yet published: the controller first hears
     # of the approval from the restarted daemon, under the same seq the journal gave it.
