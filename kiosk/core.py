@@ -16,6 +16,7 @@ House rules of the machine (they are the money-safety invariants of design.md, m
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 
 from kiosk.errors import IllegalTransition
@@ -48,6 +49,7 @@ PAYMENT_ACTIONS = frozenset({"process_payment_intent", "collect_payment_method",
 # States in which the reader may be running this order's payment action.
 ON_READER = frozenset({State.RECEIVED, State.AWAITING_CARD, State.PROCESSING, State.DECLINED})
 COLLECT_WINDOW_S = 30.0
+CANCEL_ACTION_TRIES = 3  # a reader that keeps timing out on cancel_action: release the PI instead
 RESTART_VEND_GRACE_S = 30.0  # after a restart, at most this long for a vend result the broker kept
 
 # Short texts a customer can read on the machine's screen, by Stripe decline or error code.
@@ -157,7 +159,7 @@ def plan(order: OrderData, now: float) -> tuple[OrderData, Call | Wait | None]:
     return replace(order, inflight=call, retry_at=None), call
 
 
-def _next_call(order: OrderData, now: float) -> Call | Wait:  # noqa: PLR0911 - one branch per state
+def _next_call(order: OrderData, now: float) -> Call | Wait:  # noqa: C901, PLR0911 - one branch per state
     if order.pending_read is not None:
         return Call(order.pending_read)
     if order.retry_op is not None:
@@ -268,7 +270,7 @@ def _apply_time(order: OrderData, now: float) -> OrderData:
     if (
         order.tries > 0
         and now - order.step_since > policy.step_budget_s
-        and order.state not in {State.CAPTURING}
+        and order.state is not State.CAPTURING
         and order.goal is None
     ):
         order = _begin_goal(
@@ -288,7 +290,9 @@ def _apply_time(order: OrderData, now: float) -> OrderData:
         and order.inflight is None
     ):
         # Releasing the hold keeps failing: tell the controller now; the reconciler finishes it.
-        order = _finish(order, State.FAILED, Reason("release_pending", "The payment is being released.", False))
+        order = _finish(
+            order, State.FAILED, Reason("release_pending", "The payment is being released.", retryable=False)
+        )
     return order
 
 
@@ -296,7 +300,10 @@ def _apply_time(order: OrderData, now: float) -> OrderData:
 
 
 def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reason | None]:
-    """Apply one event. Returns the new order and, for a controller message that cannot be applied, the reason to reject it with.
+    """Apply one event.
+
+    Returns the new order and, for a controller message that cannot be applied, the reason to
+    reject it with.
 
     Raises:
         IllegalTransition: a call result for a call that is not in flight (a bug in the caller).
@@ -349,7 +356,7 @@ def _restarted(order: OrderData, now: float) -> OrderData:
     if order.intent_id is None:
         return order
     # Whatever happened while we were down is read back before anything else is done.
-    read = Op.READ_READER if order.state in {State.AWAITING_CARD} else Op.READ_INTENT
+    read = Op.READ_READER if order.state is State.AWAITING_CARD else Op.READ_INTENT
     if order.state is State.RECEIVED:
         read = Op.READ_INTENT
     return replace(order, pending_read=read)
@@ -360,10 +367,20 @@ def _progress(order: OrderData, now: float) -> OrderData:
     return replace(order, tries=0, step_since=now, retry_op=None, retry_at=None)
 
 
-def _retry(order: OrderData, now: float, op: Op, *, same_key: bool, delay: float | None = None) -> OrderData:
+def _retry(  # noqa: PLR0913 - how long to wait has three sources
+    order: OrderData,
+    now: float,
+    op: Op,
+    *,
+    same_key: bool,
+    delay: float | None = None,
+    floor: float = 0.0,
+) -> OrderData:
+    """Retry `op` after a jittered exponential backoff (or exactly `delay`; never before `floor`)."""
     tries = order.tries + 1
     policy = order.policy
-    wait = delay if delay is not None else min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (tries - 1))
+    backoff = _jitter(order, op, tries, min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (tries - 1)))
+    wait = delay if delay is not None else max(backoff, floor)
     attempts = order.attempts
     if not same_key and op.mutating:
         attempts = {**attempts, op.value: attempts.get(op.value, 1) + 1}
@@ -402,7 +419,21 @@ def _new_attempt(order: OrderData, op: Op) -> OrderData:
 
 def _backoff_s(order: OrderData) -> float:
     policy = order.policy
-    return min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** max(order.tries - 1, 0))
+    base = min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** max(order.tries - 1, 0))
+    return _jitter(order, order.retry_op or order.pending_read or Op.READ_READER, order.tries, base)
+
+
+def _jitter(order: OrderData, op: Op, tries: int, wait: float) -> float:
+    """`wait` scaled by a factor in [1 - jitter, 1 + jitter) drawn from (key, try): pure, yet spread.
+
+    Kiosks of a fleet throttled at the same moment have different order ids, so they come back
+    at different moments; the same order replayed (tests, a restart) waits the same again.
+    """
+    spread = min(max(order.policy.backoff_jitter, 0.0), 1.0)
+    if spread == 0.0 or wait <= 0.0:
+        return wait
+    draw = zlib.crc32(f"{idempotency_key(order, op)}#{tries}".encode()) / 2**32
+    return wait * (1.0 - spread + 2.0 * spread * draw)
 
 
 def _begin_goal(order: OrderData, goal: Goal, now: float) -> OrderData:
@@ -502,6 +533,16 @@ def _ours(order: OrderData, action: ActionView | None) -> bool:
 
 
 def _observe_reader(order: OrderData, reader: ReaderView, now: float) -> OrderData:
+    if reader.status == "offline" and order.state in ON_READER:
+        # Stripe has not heard from the reader for two minutes: no card will come through it.
+        # Nothing can be cleared on it either; releasing the PI ends its action.
+        if order.goal is None:
+            return _begin_goal(
+                replace(order, action_cleared=True, next_poll_at=None),
+                Goal(State.CANCELED, "reader_offline", "The card reader is offline.", retryable=True),
+                now,
+            )
+        return _reader_gone(order)
     after = _observe_reader_action(order, reader, now)
     action = reader.action
     running = action is not None and _ours(order, action) and action.status == "in_progress"
@@ -610,7 +651,9 @@ def _observe_intent(  # noqa: C901, PLR0911, PLR0912
             capture_before=intent.capture_before,
         )
         if order.state is State.CAPTURING:
-            return replace(order, retry_op=Op.CAPTURE)
+            # Still to capture after an unknown outcome or a refusal: again, after a backoff.
+            wait = _backoff_s(order) if order.tries else 0.0
+            return replace(order, retry_op=Op.CAPTURE, retry_at=now + wait if wait else None)
         if order.state is State.APPROVED:
             return order if goal is None else replace(order, retry_op=None)
         if goal is not None and not goal.honor_authorisation:
@@ -625,7 +668,7 @@ def _observe_intent(  # noqa: C901, PLR0911, PLR0912
             retry_op=None,
             pending_read=None,
             collected=False,
-            vend_deadline=now + order.policy.vend_result_timeout_s,
+            vend_deadline=_vend_deadline(order, now),
             next_poll_at=None,
         )
     if status == "succeeded":
@@ -680,7 +723,7 @@ def _observe_intent(  # noqa: C901, PLR0911, PLR0912
         )
     if status in {"requires_payment_method", "requires_action"}:
         if order.state is State.RECEIVED:
-            return order if retry is None else order
+            return order
         error = intent.decline
         failure_code = reader_failure.failure_code if reader_failure else None
         if error is not None or failure_code not in {None, "connection_error"}:
@@ -691,6 +734,27 @@ def _observe_intent(  # noqa: C901, PLR0911, PLR0912
             Op.COLLECT if _collect_flow(order) else Op.PROCESS,
         )
     return order
+
+
+def _vend_deadline(order: OrderData, now: float) -> float:
+    """When to give up on the vend result: its timeout, but never later than capture allows."""
+    deadline = now + order.policy.vend_result_timeout_s
+    if order.capture_before is not None:
+        deadline = min(deadline, order.capture_before - order.policy.capture_margin_s)
+    return deadline
+
+
+def _authorisation_expired(order: OrderData, now: float) -> OrderData:
+    """Stripe refused the capture and `capture_before` has passed: fail once, release, no retry loop."""
+    return _begin_goal(
+        replace(order, retry_op=None, pending_read=None),
+        Goal(
+            State.FAILED,
+            "authorization_expired",
+            "The authorisation expired before it was captured; nothing was charged.",
+        ),
+        now,
+    )
 
 
 def _declined(order: OrderData, intent: IntentView, failure: ActionView | None, now: float) -> OrderData:
@@ -726,6 +790,11 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
     op = event.call.op
     failure = event.failure
     code = event.code
+    # Stripe-Should-Retry overrides the status code's usual meaning, both ways.
+    if failure is Failure.THROTTLED and event.should_retry is False:
+        failure = Failure.REFUSED
+    elif failure is Failure.REFUSED and event.should_retry is True:
+        failure = Failure.THROTTLED
     if failure is Failure.AUTH:
         if order.goal is not None or order.state in {State.APPROVED, State.CAPTURING}:
             return _retry(order, now, op, same_key=True, delay=order.policy.backoff_cap_s)
@@ -737,10 +806,15 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
         # The key will not be accepted a moment later either: wind down after a pause.
         return order if order.terminal else replace(order, retry_at=now + order.policy.backoff_cap_s)
     if failure is Failure.THROTTLED:
-        return _retry(order, now, op, same_key=True, delay=event.retry_after)
+        return _retry(order, now, op, same_key=True, floor=event.retry_after or 0.0)
     if not op.mutating:
         return _retry(order, now, op, same_key=True)
     if failure is Failure.UNKNOWN:
+        if event.replayed and op is not Op.CREATE:
+            # Stripe stored a server error under this key and will answer it again, forever: the
+            # read decides whether the call is still needed, and then it goes under a new key.
+            # (Never for create: a new create key could make a second PaymentIntent.)
+            order = _new_attempt(order, op)
         match op:
             case Op.CREATE:
                 return _retry(order, now, Op.CREATE, same_key=True)
@@ -753,6 +827,8 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
             case Op.CAPTURE | Op.CANCEL:
                 return _read_then(order, now, Op.READ_INTENT, op)
     # Refused, with a code.
+    if op is Op.CAPTURE and order.capture_before is not None and now >= order.capture_before:
+        return _authorisation_expired(order, now)
     match op, code:
         case Op.DISPLAY, _ if code != "terminal_reader_offline":
             return replace(order, displayed=True, retry_op=None)
@@ -774,6 +850,10 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
                 Goal(State.CANCELED, "reader_unavailable", "The card reader is out of service."),
                 now,
             )
+        case Op.CANCEL_ACTION, "terminal_reader_timeout" if order.tries + 1 >= CANCEL_ACTION_TRIES:
+            # The reader does not answer: canceling the PaymentIntent ends its action too, and
+            # releases whatever the card may have authorised meanwhile.
+            return _reader_gone(replace(order, tries=order.tries + 1))
         case (
             (Op.PROCESS | Op.COLLECT | Op.CONFIRM | Op.CANCEL_ACTION),
             "terminal_reader_busy" | "terminal_reader_timeout",
@@ -852,7 +932,8 @@ def _vend_reported(order: OrderData, event: VendReported, now: float) -> tuple[O
         if amount >= order.capturable:
             return order, Reason(
                 "invalid_order",
-                f"vended_amount {amount} must be below the authorised amount {order.capturable}; report success instead.",
+                f"vended_amount {amount} must be below the authorised amount {order.capturable}; "
+                "report success instead.",
             )
         if amount <= 0:
             result = "failure"

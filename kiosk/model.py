@@ -163,6 +163,8 @@ class CallFailed:
     code: str | None = None
     message: str = ""
     retry_after: float | None = None
+    should_retry: bool | None = None  # Stripe-Should-Retry, when Stripe sent it
+    replayed: bool = False  # Stripe answered with the response it stored for this key
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,8 @@ class Policy:
     max_card_attempts: int = 3
     vend_result_timeout_s: float = 300.0
     flow: str = "process"  # process | collect_confirm
-    # Reader polling while a card is expected: quick at first, slower once the customer dawdles.
+    # Reader polling while a card is expected: quick at first, slower once the customer dawdles
+    # (README, "Polling and the API budget", has the schedule and what it costs per order).
     poll_first_s: float = 1.0
     poll_interval_s: float = 1.0
     poll_slow_after_s: float = 15.0
@@ -225,6 +228,9 @@ class Policy:
     # Retrying a step: exponential backoff, and how long one step may take before the order ends.
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 8.0
+    # Each backoff is scaled by a factor in [1 - jitter, 1 + jitter), drawn from the call's key, so
+    # a fleet throttled at once does not come back in step (and a replay is reproducible).
+    backoff_jitter: float = 0.5
     step_budget_s: float = 60.0
     # Capture this long before Stripe's capture_before at the latest.
     capture_margin_s: float = 3600.0

@@ -145,7 +145,12 @@ def reader_view(reader: Reader) -> ReaderView:
 
 
 def failure_event(call: Call, exc: UpstreamError) -> CallFailed:
-    """A gateway error as the core's event."""
+    """A gateway error as the core's event (with Stripe-Should-Retry and whether it was a replay)."""
+    event = _failure_event(call, exc)
+    return replace(event, should_retry=exc.should_retry, replayed=exc.replayed)
+
+
+def _failure_event(call: Call, exc: UpstreamError) -> CallFailed:
     match exc:
         case Throttled():
             return CallFailed(call, Failure.THROTTLED, exc.code, exc.message, exc.retry_after)
@@ -267,6 +272,15 @@ class Runner:
         live.order = order
         if order.terminal and (new is not None or not before.terminal):
             self._on_terminal(order)  # after the commit: the fleet's event outbox
+        if order.reason is not None and order.reason.code == "authorization_expired" and not before.terminal:
+            # Money kiosk was owed and will not get: a person should know (alerting keys on this).
+            log.error(
+                "payment.authorization_expired",
+                order_id=order.order_id,
+                intent=order.intent_id,
+                capture_before=order.capture_before,
+                amount=order.amount,
+            )
         if outbox:
             crashpoints.reached("status_queued")
             crashpoints.reached(f"status_queued_{order.state.value}")

@@ -8,7 +8,7 @@ import pytest
 
 from kiosk import core
 from kiosk.errors import IllegalTransition
-from kiosk.model import Call, Item, Op, Policy, Restarted, State
+from kiosk.model import Call, CallFailed, Failure, Item, Op, Policy, Restarted, State
 from tests.fakestripe import Driver, FakeStripe, replace_policy
 
 if TYPE_CHECKING:
@@ -334,8 +334,13 @@ def test_reader_offline_before_the_payment(d: Driver) -> None:
 
 def test_reader_offline_during_the_payment(d: Driver) -> None:
     awaiting(d)
+    start = d.now
     d.stripe.offline = True
-    ended(d, State.CANCELED, "card_timeout")
+    ended(d, State.CANCELED, "reader_offline")
+    assert d.now - start < d.o.policy.card_timeout_s  # promptly, not after the card timeout
+    assert d.o.reason is not None
+    assert d.o.reason.retryable
+    assert d.stripe.cancel_actions == []  # nothing to clear on a reader that is gone
     assert d.stripe.cancels == ["pi_1"]
 
 
@@ -696,3 +701,122 @@ def test_refused_create_while_winding_down_creates_nothing(d: Driver) -> None:
     d.stripe.inject("refused", Op.CREATE, "processing_error")
     ended(d, State.CANCELED, "controller_canceled")
     assert d.stripe.creates == {}
+
+
+# --- failures of issue 5: Should-Retry, jitter, stored 5xx, expiry, a silent reader -------------
+
+
+def _fail_next(d: Driver, op: Op, **fields: object) -> Call:
+    """Run until `op` is about to be made, then answer it with a failure built from `fields`."""
+    for _ in range(50):
+        order, action = core.plan(d.o, d.now)
+        if isinstance(action, Call) and action.op is op:
+            d.order = order
+            d.order, _ = core.handle(order, CallFailed(action, **fields), d.now)  # type: ignore[arg-type]
+            return action
+        d.step()
+        if not isinstance(action, Call):
+            d.tick(0.5)
+    raise AssertionError(f"{op} never planned")
+
+
+def test_should_retry_false_on_a_throttled_create_is_not_retried(d: Driver) -> None:
+    d.start()
+    _fail_next(d, Op.CREATE, failure=Failure.THROTTLED, code="lock_timeout", should_retry=False)
+    ended(d, State.FAILED, "lock_timeout")
+    assert d.stripe.creates == {}
+
+
+def test_should_retry_true_on_a_refusal_retries_with_the_same_key(d: Driver) -> None:
+    d.start()
+    call = _fail_next(d, Op.CREATE, failure=Failure.REFUSED, code="lock_timeout", should_retry=True)
+    assert d.o.retry_op is Op.CREATE
+    assert d.o.retry_at is not None
+    assert d.o.retry_at > d.now
+    d.run_until(State.AWAITING_CARD, limit=10)
+    creates = [c.key for c in d.stripe.calls if c.op is Op.CREATE]
+    assert creates == [call.key]
+
+
+def test_backoff_is_jittered_per_order_and_reproducible() -> None:
+    policy = Policy(kiosk_id="k1")
+    waits: dict[str, float] = {}
+    for order_id in ("o1", "o2", "o3", "o4", "o1"):
+        order = core.new_order(order_id=order_id, amount=500, currency="usd", policy=policy, now=0.0)
+        order, call = core.plan(order, 0.0)
+        assert isinstance(call, Call)
+        order, _ = core.handle(order, CallFailed(call, Failure.THROTTLED, code="rate_limit"), 0.0)
+        assert order.retry_at is not None
+        if order_id in waits:
+            assert waits[order_id] == order.retry_at  # the same order waits the same again
+        waits[order_id] = order.retry_at
+    base = policy.backoff_base_s
+    assert all(base * 0.5 <= w < base * 1.5 for w in waits.values()), waits
+    assert len(set(waits.values())) == len(waits)  # and different orders do not come back in step
+
+
+def test_retry_after_is_a_floor_for_the_backoff(d: Driver) -> None:
+    d.start()
+    _fail_next(d, Op.CREATE, failure=Failure.THROTTLED, code="rate_limit", retry_after=7.0)
+    assert d.o.retry_at is not None
+    assert d.o.retry_at >= d.now + 7.0
+
+
+def test_a_stored_server_error_on_capture_is_read_then_retried_under_a_new_key(d: Driver) -> None:
+    approved(d)
+    d.vend()
+    first = _fail_next(d, Op.CAPTURE, failure=Failure.UNKNOWN, code=None, replayed=True)
+    ended(d, State.COMPLETED, None)
+    captures = [c for c in d.stripe.calls if c.op is Op.CAPTURE]
+    assert len(captures) == 1
+    assert captures[0].key != first.key
+    assert d.stripe.calls[-2].op is Op.READ_INTENT
+
+
+def test_an_unknown_capture_is_retried_under_the_same_key_after_a_read(d: Driver) -> None:
+    approved(d)
+    d.vend()
+    first = _fail_next(d, Op.CAPTURE, failure=Failure.UNKNOWN, code="timeout")
+    ended(d, State.COMPLETED, None)
+    assert [c.op for c in d.stripe.calls][-2:] == [Op.READ_INTENT, Op.CAPTURE]
+    assert d.stripe.calls[-1].key == first.key
+
+
+def test_a_refused_capture_after_capture_before_fails_once_and_releases(d: Driver) -> None:
+    approved(d)
+    assert d.o.capture_before is not None
+    d.vend()
+    d.tick(d.o.capture_before - d.now + 1)
+    assert d.stripe.expire_authorisation("o1")  # Stripe cancels an expired authorisation itself
+    _fail_next(d, Op.CAPTURE, failure=Failure.REFUSED, code="charge_expired_for_capture")
+    ended(d, State.FAILED, "authorization_expired")
+    ops_after = [c.op for c in d.stripe.calls]
+    assert Op.CAPTURE not in ops_after  # no second capture: no retry loop
+    assert d.stripe.captures == []
+
+
+def test_an_authorisation_that_expired_while_capturing_ends_failed_without_a_loop(d: Driver) -> None:
+    approved(d)
+    d.vend()
+    assert d.stripe.expire_authorisation("o1")
+    ended(d, State.FAILED, "authorization_expired")
+    assert [c.op for c in d.stripe.calls].count(Op.CAPTURE) == 1
+    assert d.stripe.captures == []
+
+
+def test_the_vend_deadline_never_passes_capture_before_minus_the_margin(d: Driver) -> None:
+    policy = replace_policy(vend_result_timeout_s=10 * 24 * 3600.0, capture_margin_s=3600.0)
+    approved(d, policy=policy)
+    assert d.o.capture_before is not None
+    assert d.o.vend_deadline == d.o.capture_before - 3600.0
+    ended(d, State.CANCELED, "vend_result_timeout")
+    assert d.stripe.captures == []
+
+
+def test_a_reader_that_times_out_on_cancel_action_is_left_and_the_payment_released(d: Driver) -> None:
+    awaiting(d)
+    d.cancel()
+    for _ in range(core.CANCEL_ACTION_TRIES):
+        _fail_next(d, Op.CANCEL_ACTION, failure=Failure.REFUSED, code="terminal_reader_timeout")
+    ended(d, State.CANCELED, "controller_canceled")
+    assert d.stripe.cancels == ["pi_1"]
