@@ -1,8 +1,10 @@
 """Named steps where the crash tests kill the daemon.
 
 `reached("after_create")` kills the process with SIGKILL when the environment variable
-`KIOSK_TEST_CRASH_AT` names that step (comma-separated for several). It is read once at import;
-in production the variable is not set and every call is a set lookup that finds nothing.
+`KIOSK_TEST_CRASH_AT` names that step (comma-separated for several), and blocks the event loop
+for good when `KIOSK_TEST_WEDGE_AT` names it (the watchdog test: a wedged loop stops feeding
+systemd). Both are read once at import; in production neither is set and every call is a set
+lookup that finds nothing.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 _ARMED = frozenset(filter(None, os.environ.get("KIOSK_TEST_CRASH_AT", "").split(",")))
+_WEDGED = frozenset(filter(None, os.environ.get("KIOSK_TEST_WEDGE_AT", "").split(",")))
 
 
 def reached(step: str) -> None:
@@ -20,3 +24,8 @@ def reached(step: str) -> None:
         sys.stderr.write(f"kiosk: crash point {step} reached, killing the process\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+    if step in _WEDGED:
+        sys.stderr.write(f"kiosk: wedge point {step} reached, blocking the event loop\n")
+        sys.stderr.flush()
+        while True:
+            time.sleep(3600)  # deliberately blocking: this simulates a wedged event loop
