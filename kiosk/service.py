@@ -52,6 +52,9 @@ def policy_from(settings: Settings) -> Policy:
 
 
 class Service:
+        allowed_brands=p.allowed_brands,
+        allowed_funding=p.allowed_funding,
+        allow_wallets=p.allow_wallets,
     """One running daemon."""
 
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:

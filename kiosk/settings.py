@@ -172,8 +172,32 @@ class PaymentSettings(_Section):
     vend_result_timeout_s: float = 300
     request_timeout_s: float = 30
     flow: Literal["process", "collect_confirm"] = "process"
+    # Card rules of the collect_confirm flow (empty: any); the card is read, checked, then
+    # confirmed or released. Brands and funding as Stripe names them (visa, credit, ...).
+    allowed_brands: tuple[str, ...] = ()
+    allowed_funding: tuple[str, ...] = ()
+    allow_wallets: bool = True
     reader_check_s: float = 60
     reconcile_every_s: float = 300
+    # How often the reader is read while a card is expected: the trade-off between Stripe
+    # requests per order (a fleet shares one account's rate limit) and how soon an approval is
+    # seen (bench/RESULTS.md measures both sides).
+    poll_interval_s: float = 1.0
+
+    @field_validator("allowed_brands", "allowed_funding", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_brands", "allowed_funding")
+    @classmethod
+    def _check_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[a-z_]{1,32}", name):
+                raise ValueError(f"{name!r} is not a card brand or funding name, like visa or credit")
+        return value
 
     @field_validator("card_timeout_s", "request_timeout_s")
     @classmethod
