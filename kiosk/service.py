@@ -21,6 +21,7 @@ from kiosk.bus import Bus, Publication
 from kiosk.errors import BusUnavailable, UpstreamError
 from kiosk.fleet import remote_config
 from kiosk.fleet.agent import FleetAgent
+from kiosk.fleet.updates import Updater
 from kiosk.gateway import Gateway
 from kiosk.journal import Journal, OutboxMessage
 from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, OrderData, Policy
@@ -47,14 +48,17 @@ def policy_from(settings: Settings) -> Policy:
         max_card_attempts=p.max_card_attempts,
         vend_result_timeout_s=p.vend_result_timeout_s,
         flow=p.flow,
+        poll_first_s=p.poll_interval_s,
+        poll_interval_s=p.poll_interval_s,
+        poll_slow_s=2 * p.poll_interval_s,
         step_budget_s=max(60.0, 2 * p.request_timeout_s),
+        allowed_brands=p.allowed_brands,
+        allowed_funding=p.allowed_funding,
+        allow_wallets=p.allow_wallets,
     )
 
 
 class Service:
-        allowed_brands=p.allowed_brands,
-        allowed_funding=p.allowed_funding,
-        allow_wallets=p.allow_wallets,
     """One running daemon."""
 
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
@@ -96,6 +100,10 @@ class Service:
         # Fleet topics share this connection; the fleet Will rides a connection of its own
         # (kiosk/fleet/agent.py says why): this one keeps the local bus's Will.
         self.fleet = FleetAgent(self) if settings.fleet.enabled else None
+        # Software updates: the fleet's `software_update` jobs, and the commit after a restart.
+        self.updates = Updater(self, self.fleet) if self.fleet is not None else None
+        if self.fleet is not None and self.updates is not None:
+            self.fleet.jobs = self.updates
         self.bus = Bus(
             settings.mqtt,
             client_id=f"kioskd-{settings.id}",
@@ -294,6 +302,8 @@ class Service:
                 tasks.create_task(self._reconcile(), name="reconciler")
                 if self.fleet is not None:
                     tasks.create_task(self.fleet.run(), name="fleet")
+                if self.updates is not None:
+                    tasks.create_task(self.updates.run(), name="updates")
                 if self.notifier.watchdog_interval:
                     tasks.create_task(self._watchdog(self.notifier.watchdog_interval), name="watchdog")
                 stopper = tasks.create_task(self._stop.wait(), name="stop")

@@ -214,6 +214,11 @@ class PaymentSettings(_Section):
     def _check_reader_check(cls, value: float) -> float:
         return _positive_seconds(value, 3600)
 
+    @field_validator("poll_interval_s")
+    @classmethod
+    def _check_poll(cls, value: float) -> float:
+        return _positive_seconds(value, 10)
+
     @field_validator("reconcile_every_s")
     @classmethod
     def _check_reconcile(cls, value: float) -> float:
@@ -228,6 +233,13 @@ class FleetSettings(_Section):
     health_period_s: Annotated[int, Field(ge=10, le=3600)] = 60
     signing_public_key: str | None = None
     releases_dir: Path = Path("/opt/kiosk/releases")
+    # Software updates (kiosk/fleet/updates.py). Where a new release's dependencies come from:
+    # `index` — pip's configured index (PyPI, piwheels); `inherit` — the running release's
+    # installed packages, so nothing but the wheel is downloaded (offline sites, tests).
+    update_dependencies: Literal["index", "inherit"] = "index"
+    # A new release must reach READY and connect to the broker within this after its first
+    # start, or kiosk switches back to the release it came from.
+    update_commit_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 180
 
 
 def _default_state_dir(environ: Mapping[str, str] | None = None) -> Path:

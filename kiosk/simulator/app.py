@@ -31,7 +31,7 @@ from kiosk.simulator.readers import AutoPresent, Readers
 from kiosk.simulator.wire import DEFAULT_API_VERSION, StripeError, check_version, decode_form, decode_json
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 log = logs.get("simulator")
 
@@ -85,6 +85,9 @@ class Simulator:
         self.rate_limiter = RateLimiter()
         self.keys = IdempotencyKeys(idempotency_ttl)
         self.requests_served = 0
+        # Inspection hook for benchmarks: called with (method, path) as each API request arrives,
+        # on the serving thread, before anything else happens to it; it must be quick.
+        self.on_request: Callable[[str, str], None] | None = None
 
     # -- clock ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -299,6 +302,8 @@ class Simulator:
                     self._tick(self.now())
                     status, payload = control.handle(self, request)
                 return _json(status, payload, [])
+            if self.on_request is not None:
+                self.on_request(request.method, request.path)
             return await self._api(request)
         except Exception as exc:
             log.exception("simulator.internal_error", path=request.path)

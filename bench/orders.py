@@ -1,0 +1,148 @@
+"""CPU per completed order, memory and the throughput ceiling of one `kiosk run`, beside the bare SDK.
+
+One run: the simulator (in this process) with a reader that reads the card at once, a private
+Mosquitto, `kiosk run` polling every 10 ms, and a controller that vends the moment an order is
+approved. After a warm-up, `--orders` orders go through one after another (one reader takes one
+payment at a time). Then `bench/bare_sdk.py` makes the same Stripe calls for the same number of
+payments with the stripe client alone — no MQTT, no journal — against the same simulator.
+
+Prints: CPU per order (user + system) of both and their ratio; Stripe requests per order of both;
+RSS after start, after the run and at its peak; orders per second (the ceiling: nothing waits on
+a person) and how busy the daemon's CPU was meanwhile.
+
+    .venv/bin/python bench/orders.py [--orders 1000] [--warmup 50] [--no-bare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import rig  # noqa: E402 - after the path is set
+
+
+async def run_orders(ctl: rig.Controller, prefix: str, count: int, *, progress: bool) -> float:
+    """`count` sales one after another; returns the wall time they took."""
+    start = time.monotonic()
+    for i in range(count):
+        order_id = f"{prefix}-{i}"
+        await rig.sale(ctl, order_id)
+        ctl.forget(order_id)
+        if progress and (i + 1) % 1000 == 0:
+            print(f"  … {i + 1} orders, {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    return time.monotonic() - start
+
+
+def bare(url: str, reader: str, orders: int, interval: float) -> dict[str, float]:
+    """Run bench/bare_sdk.py against the simulator; its own figures as JSON."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bare_sdk.py"),
+            "--api-base",
+            url,
+            "--reader",
+            reader,
+            "--orders",
+            str(orders),
+            "--poll-interval",
+            str(interval),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one report, in order
+    with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as tmp, rig.setup(Path(tmp)) as s:
+        s.sim.auto_present(s.reader, 0.0)
+        settings = rig.fast()
+        daemon = s.daemon(**settings)
+        daemon.start()
+        try:
+            ready_s = daemon.wait_ready()
+            async with rig.controller(s.broker) as ctl:
+                await ctl.wait_payments()
+                await asyncio.sleep(1.0)  # settled: connected, first reader check done
+                rss_start, _ = rig.rss_mb(daemon.pid)
+                await run_orders(ctl, "warm", args.warmup, progress=False)
+                rss_warm, _ = rig.rss_mb(daemon.pid)
+                mark = s.requests.mark()
+                cpu0 = rig.cpu_s(daemon.pid)
+                wall = await run_orders(ctl, "o", args.orders, progress=True)
+                cpu1 = rig.cpu_s(daemon.pid)
+                requests = rig.by_endpoint(s.requests.since(mark))
+                rss_end, rss_peak = rig.rss_mb(daemon.pid)
+        finally:
+            code = daemon.stop()
+        if code not in (0, None):
+            print(daemon.log()[-3000:], file=sys.stderr)
+        ledger = s.sim.ledger()
+        captured = sum(1 for i in ledger.intents if i.captures)
+        kiosk_cpu_ms = (cpu1 - cpu0) * 1000 / args.orders
+        kiosk_requests = sum(requests.values()) / args.orders
+        result = {}
+        if not args.no_bare:
+            result = bare(s.url, s.reader, args.orders, float(settings["PAYMENTS__POLL_INTERVAL_S"]))
+
+    print(f"machine: {rig.machine()}")
+    print(f"orders: {args.orders} completed one after another (after {args.warmup} warm-up), {captured} captured")
+    print("settings: poll_interval_s=0.01, card read at once, controller vends at once")
+    print()
+    print("CPU per completed order (user + system)")
+    print(f"  kiosk run        {kiosk_cpu_ms:7.2f} ms   ({kiosk_requests:.2f} Stripe requests per order)")
+    if result:
+        print(
+            f"  bare SDK script  {result['cpu_ms_per_order']:7.2f} ms   ({result['requests_per_order']:.2f} per order)"
+        )
+        print(f"  ratio            {kiosk_cpu_ms / result['cpu_ms_per_order']:7.2f} x   (target <= 1.5)")
+        per_req_k = kiosk_cpu_ms / kiosk_requests
+        per_req_b = result["cpu_ms_per_order"] / result["requests_per_order"]
+        print(f"  per Stripe request: kiosk {per_req_k:.2f} ms, bare {per_req_b:.2f} ms")
+    print()
+    print("Stripe requests per order (kiosk), by endpoint")
+    for name, count in sorted(requests.items()):
+        print(f"  {count / args.orders:6.2f}  {name}")
+    print()
+    print("Throughput ceiling (one daemon, reader and controller answering at once)")
+    print(f"  {args.orders / wall:7.1f} orders/s   ({wall * 1000 / args.orders:.1f} ms wall per order)")
+    print(f"  daemon CPU busy {100 * (cpu1 - cpu0) / wall:.0f} % of one core during the run")
+    if result:
+        print(f"  bare SDK: {result['orders_per_s']:.1f} orders/s")
+    print()
+    print("Memory (RSS of kiosk run)")
+    print(f"  start → READY=1        {ready_s * 1000:7.0f} ms")
+    print(f"  after start             {rss_start:7.1f} MB   (target <= 60)")
+    print(f"  after {args.warmup} warm-up orders {rss_warm:7.1f} MB")
+    print(
+        f"  after {args.orders} more orders  {rss_end:7.1f} MB   "
+        f"(growth since warm-up {rss_end - rss_warm:+.1f} MB, since start {rss_end - rss_start:+.1f} MB)"
+    )
+    print(f"  peak (VmHWM)            {rss_peak:7.1f} MB")
+
+
+def main() -> None:
+    """Parse arguments and run."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare-SDK comparison")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
