@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiosk.model import Call, CallFailed, CallSucceeded, Event, Failure, Op, ReaderView
+from kiosk.model import Call, CallFailed, CallSucceeded, Event, Failure, Op, OrderData, ReaderView, State
 
 # Consecutive unknown outcomes (timeouts, connection errors, 5xx) before Stripe counts as down.
 UNREACHABLE_AFTER = 2
@@ -37,8 +37,10 @@ class Snapshot:
 class Availability:
     """Folds call outcomes into "can we take a payment now?"."""
 
-    def __init__(self, reader_id: str) -> None:
+    def __init__(self, reader_id: str, *, step_failure_hold_s: float = 30.0) -> None:
         self.reader_id = reader_id
+        self.step_failure_hold_s = step_failure_hold_s
+        self.step_failed_at: float | None = None
         self.reader_status = "unknown"
         self.device_type: str | None = None
         self.action: tuple[str, str] | None = None
@@ -59,6 +61,8 @@ class Availability:
                 self.unknown_streak = 0
                 self.throttled_streak = 0
                 self.last_ok = now
+                if self.step_failed_at is not None and now >= self.step_failed_at + self.step_failure_hold_s:
+                    self.step_failed_at = None
                 if call.op in READER_COMMANDS:
                     self.hardware_fault = False  # the reader took a command: it works again
                 if event.reader is not None:
@@ -86,6 +90,18 @@ class Availability:
         self.reader_status = "offline" if reader.status == "offline" else "online"
         action = reader.action
         self.action = (action.type, action.status) if action is not None else None
+
+    def order_ended(self, order: OrderData, now: float) -> bool:
+        """Take an ended order into account; True when what we publish changed.
+
+        An order whose step ran out of time (Stripe kept failing or throttling) makes payments
+        unavailable until a call succeeds again `step_failure_hold_s` later: the next customer
+        is told at once instead of waiting out the same budget.
+        """
+        before = self.snapshot()
+        if order.state is State.FAILED and order.reason is not None and order.reason.code == "payments_unavailable":
+            self.step_failed_at = now
+        return self.snapshot() != before
 
     @property
     def maintenance(self) -> str | None:
@@ -127,6 +143,8 @@ class Availability:
             return "stripe_unreachable", "Stripe cannot be reached"
         if self.throttled_streak >= THROTTLED_AFTER:
             return "stripe_throttled", "Stripe is throttling kiosk's requests"
+        if self.step_failed_at is not None:
+            return "stripe_failing", "Stripe kept failing; the last payment could not be completed in time"
         if self.hardware_fault:
             return "reader_fault", "the card reader reported a hardware fault"
         if self.reader_status == "offline":

@@ -286,9 +286,12 @@ def _apply_time(order: OrderData, now: float) -> OrderData:
     elif (
         order.goal is not None
         and order.tries > 0
-        and now - order.step_since > policy.step_budget_s * 4
+        # Without a known PI there is nothing of ours to release but what the reconciler finds.
+        and now - order.step_since > policy.step_budget_s * (1 if order.intent_id is None else 4)
         and order.inflight is None
     ):
+        if order.intent_id is None:
+            return _end_goal(order)
         # Releasing the hold keeps failing: tell the controller now; the reconciler finishes it.
         order = _finish(
             order, State.FAILED, Reason("release_pending", "The payment is being released.", retryable=False)
@@ -706,12 +709,15 @@ def _observe_intent(  # noqa: C901, PLR0911, PLR0912
         return replace(order, state=State.PROCESSING, next_poll_at=now + order.policy.poll_interval_s)
     if status == "requires_confirmation":
         if _collect_flow(order):
-            return replace(
+            again = replace(
                 order,
                 state=State.AWAITING_CARD,
                 collected=True,
                 collected_at=order.collected_at or now,
             )
+            # A confirm that ended without authorising (connection_error) is confirmed again,
+            # under a new key: the old one would replay the first confirm's answer, not act.
+            return _new_attempt(again, Op.CONFIRM) if order.state is State.PROCESSING else again
         # Stripe's "temporary connectivity problem": process the same PI again.
         return _new_attempt(
             replace(

@@ -195,6 +195,8 @@ class Service:
         if self.fleet is not None:
             self.fleet.on_terminal(order)
 
+        if self.availability.order_ended(order, time.time()):
+            self.announce_soon()  # a step ran out of time: payments unavailable for a while
     def request_stop(self, exit_code: int) -> None:
         """Stop gracefully (as on SIGTERM) and exit with `exit_code`."""
         self.exit_code = exit_code
