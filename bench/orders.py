@@ -30,15 +30,21 @@ sys.path.insert(0, str(ROOT))
 from bench import rig  # noqa: E402 - after the path is set
 
 
-async def run_orders(ctl: rig.Controller, prefix: str, count: int, *, progress: bool) -> float:
-    """`count` sales one after another; returns the wall time they took."""
+async def run_orders(ctl: rig.Controller, prefix: str, count: int, *, pid: int | None = None) -> float:
+    """`count` sales one after another; returns the wall time they took.
+
+    With `pid`, the daemon's RSS is printed every 1000 orders (to stderr).
+    """
     start = time.monotonic()
     for i in range(count):
         order_id = f"{prefix}-{i}"
         await rig.sale(ctl, order_id)
         ctl.forget(order_id)
-        if progress and (i + 1) % 1000 == 0:
-            print(f"  … {i + 1} orders, {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+        if pid is not None and (i + 1) % 1000 == 0:
+            rss = rig.rss_mb(pid)[0]
+            print(
+                f"  … {i + 1} orders, {time.monotonic() - start:.0f} s, RSS {rss:.1f} MB", file=sys.stderr, flush=True
+            )
     return time.monotonic() - start
 
 
@@ -79,11 +85,11 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
                 await ctl.wait_payments()
                 await asyncio.sleep(1.0)  # settled: connected, first reader check done
                 rss_start, _ = rig.rss_mb(daemon.pid)
-                await run_orders(ctl, "warm", args.warmup, progress=False)
+                await run_orders(ctl, "warm", args.warmup)
                 rss_warm, _ = rig.rss_mb(daemon.pid)
                 mark = s.requests.mark()
                 cpu0 = rig.cpu_s(daemon.pid)
-                wall = await run_orders(ctl, "o", args.orders, progress=True)
+                wall = await run_orders(ctl, "o", args.orders, pid=daemon.pid)
                 cpu1 = rig.cpu_s(daemon.pid)
                 requests = rig.by_endpoint(s.requests.since(mark))
                 rss_end, rss_peak = rig.rss_mb(daemon.pid)
@@ -97,7 +103,7 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
         kiosk_requests = sum(requests.values()) / args.orders
         result = {}
         if not args.no_bare:
-            result = bare(s.url, s.reader, args.orders, float(settings["PAYMENTS__POLL_INTERVAL_S"]))
+            result = bare(s.url, s.reader, args.bare_orders, float(settings["PAYMENTS__POLL_INTERVAL_S"]))
 
     print(f"machine: {rig.machine()}")
     print(f"orders: {args.orders} completed one after another (after {args.warmup} warm-up), {captured} captured")
@@ -140,6 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--bare-orders", type=int, default=1000, help="payments for the bare-SDK script")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-SDK comparison")
     asyncio.run(main_async(parser.parse_args()))
 
