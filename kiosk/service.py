@@ -30,6 +30,9 @@ from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
 from kiosk.systemd import Notifier
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from kiosk.journal import OutboxRow
     from kiosk.settings import Settings
 
 log = logs.get("service")
@@ -192,11 +195,11 @@ class Service:
     # -- what the fleet agent asks of the service ------------------------------------------------
 
     def _on_terminal(self, order: OrderData) -> None:
+        if self.availability.order_ended(order, time.time()):
+            self.announce_soon()  # a step ran out of time: payments unavailable for a while
         if self.fleet is not None:
             self.fleet.on_terminal(order)
 
-        if self.availability.order_ended(order, time.time()):
-            self.announce_soon()  # a step ran out of time: payments unavailable for a while
     def request_stop(self, exit_code: int) -> None:
         """Stop gracefully (as on SIGTERM) and exit with `exit_code`."""
         self.exit_code = exit_code
@@ -227,6 +230,11 @@ class Service:
             message.ack()
 
     async def _publish_outbox(self) -> None:
+        # What the previous run left may have been published already: the marks of its last
+        # batch died with it. Send only the newest retained message per topic again, so that no
+        # controller sees an order's status go back (an old seq after a newer one).
+        left = await asyncio.to_thread(self.journal.pending_outbox, 10_000)
+        await asyncio.to_thread(self.journal.mark_sent, superseded(left))
         while True:
             await self.bus.wait_connected()
             rows = await asyncio.to_thread(self.journal.pending_outbox, 200)
@@ -350,6 +358,12 @@ class Service:
                     qos=1,
                     retain=True,
                 )
+
+
+def superseded(rows: Sequence[OutboxRow]) -> list[int]:
+    """Ids of retained messages that a later retained message on the same topic replaces."""
+    newest = {row.topic: row.id for row in rows if row.retain}
+    return [row.id for row in rows if row.retain and newest[row.topic] != row.id]
 
 
 class _Stopped(Exception):  # noqa: N818 - a control-flow signal, not an error

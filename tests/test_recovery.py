@@ -20,9 +20,11 @@ from pydantic import SecretStr
 
 from kiosk import core
 from kiosk.gateway import Gateway
+from kiosk.journal import OutboxRow
 from kiosk.model import Call, Op, Policy, Reason, Restarted, State
 from kiosk.mosquitto import Mosquitto
 from kiosk.runner import decode, encode
+from kiosk.service import superseded
 from tests.crashrig import FINAL, CrashRig, crash_rig, vend_when_approved
 from tests.harness import API_KEY, assert_settled, assert_statuses_ordered
 
@@ -187,6 +189,24 @@ async def test_no_vend_result_after_a_restart_still_releases_the_hold(rig: Crash
     final = await rig.ctl.wait_for("o-8", *FINAL)
     assert (final["state"], final["reason"]["code"]) == ("canceled", "vend_result_timeout")
     assert_settled(rig.sim.ledger(), rig.ctl, {"o-8": None})
+
+
+def test_after_a_restart_only_the_newest_retained_message_per_topic_is_sent_again() -> None:
+    # The previous run published `processing` and `approved` and died before marking them sent:
+    # sending both again would show the controller `processing` after `approved`.
+    def row(ident: int, topic: str, *, retain: bool = True) -> OutboxRow:
+        return OutboxRow(ident, None, topic, b"{}", retain, None, 0.0)
+
+    status = "vend/v1/order/o-1/status"
+    rows = [
+        row(1, status),  # processing
+        row(2, "vend/v1/kioskd/state"),
+        row(3, status),  # approved
+        row(4, status, retain=False),  # a rejection: not a state, always sent
+        row(5, "vend/v1/kioskd/state"),
+        row(6, "vend/v1/order/o-2/status"),
+    ]
+    assert superseded(rows) == [1, 2]
 
 
 # --- Reconciliation -----------------------------------------------------------------------------
