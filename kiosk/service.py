@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kiosk import __version__, crashpoints, logs, messages
 from kiosk.availability import Availability
 from kiosk.bus import Bus, Publication
-from kiosk.errors import BusUnavailable, UpstreamError
+from kiosk.errors import BusUnavailable, JournalError, UpstreamError
 from kiosk.fleet import remote_config
 from kiosk.fleet.agent import FleetAgent
 from kiosk.fleet.updates import Updater
@@ -224,6 +224,11 @@ class Service:
                     await self.fleet.on_message(message.topic, message.payload)
                 else:
                     await self.runner.on_message(message.topic, message.payload)
+            except JournalError:
+                # Nothing was saved: the message must not be acknowledged. Stop; systemd restarts
+                # kiosk and the broker delivers the message again.
+                log.exception("bus.message_not_saved", topic=message.topic[:200])
+                raise
             except Exception:
                 # A bug must not turn one message into a crash loop: log it and let it go.
                 log.exception("bus.message_failed", topic=message.topic[:200])
@@ -381,7 +386,21 @@ def run(settings: Settings) -> int:
 
     try:
         return asyncio.run(main())
+    except BaseExceptionGroup as group:
+        # A task died: say which and why in the log (journald keeps it), then let the command
+        # line print the first cause as one sentence and exit 1, so that systemd restarts kiosk.
+        leaves = _leaves(group)
+        for leaf in leaves:
+            log.exception("service.crashed", error=type(leaf).__name__, message=str(leaf), exc_info=leaf)
+        raise leaves[0] from group
     finally:
         for service in service_box:
             service.journal.close()
             service.notifier.close()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
