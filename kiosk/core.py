@@ -634,7 +634,9 @@ def _collected(order: OrderData, card: Card | None, now: float) -> OrderData:
             Goal(State.CANCELED, "card_not_accepted", f"{problem} Please try another card."),
             now,
         )
-    return replace(order, card=card, collected=True, collected_at=now)
+    # Seen again (a read after an unknown confirm): the 30 s window still runs from the first time.
+    since = order.collected_at if order.collected and order.collected_at is not None else now
+    return replace(order, card=card, collected=True, collected_at=since)
 
 
 def _observe_intent(  # noqa: C901, PLR0911, PLR0912
@@ -828,10 +830,12 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
                 # Cosmetic; the payment action replaces it anyway. Drop a pending display retry
                 # (after throttling), or it would be re-sent at once, forever.
                 return replace(order, displayed=True, retry_op=None)
+            # The first unknown outcome is read at once; when it keeps happening, after a backoff
+            # (else a read and a retry would follow each other as fast as Stripe answers).
             case Op.PROCESS | Op.COLLECT | Op.CONFIRM | Op.CANCEL_ACTION:
-                return _read_then(order, now, Op.READ_READER, op)
+                return _read_then(order, now, Op.READ_READER, op, delay=_backoff_s(order) if order.tries else 0.0)
             case Op.CAPTURE | Op.CANCEL:
-                return _read_then(order, now, Op.READ_INTENT, op)
+                return _read_then(order, now, Op.READ_INTENT, op, delay=_backoff_s(order) if order.tries else 0.0)
     # Refused, with a code.
     if op is Op.CAPTURE and order.capture_before is not None and now >= order.capture_before:
         return _authorisation_expired(order, now)

@@ -210,8 +210,11 @@ class Lane:
 
 
 @contextlib.asynccontextmanager
-async def lane(workdir: Path, *, seed: int = 7, policy: Policy = FAST) -> AsyncIterator[Lane]:
-    """A started lane; the runner stops and the simulator with it on exit."""
+async def lane(workdir: Path, *, seed: int = 7, policy: Policy = FAST, sim_clock: bool = False) -> AsyncIterator[Lane]:
+    """A started lane; the runner stops and the simulator with it on exit.
+
+    With `sim_clock`, the runner's clock is the simulator's: a test advances both at once.
+    """
     from kiosk.simulator import Simulator  # noqa: PLC0415 - keeps the simulator out of unit imports
 
     handle = Simulator(seed=seed).start_in_thread()
@@ -233,6 +236,7 @@ async def lane(workdir: Path, *, seed: int = 7, policy: Policy = FAST) -> AsyncI
         on_outcome=the_lane.observe,
         accepting=the_lane.availability.refusal,
         on_terminal=the_lane.ended,
+        clock=handle.simulator.now if sim_clock else time.time,
     )
     task = asyncio.create_task(the_lane.runner.run())
     try:
