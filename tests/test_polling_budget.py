@@ -25,10 +25,10 @@ def order_with_card_at(at_s: float | None, policy: Policy | None = None) -> tupl
         d.run(at_s)
         assert d.stripe.present_card()
         d.run_until(State.APPROVED, limit=10)
-        assert d.o.state is State.APPROVED
+        assert d.states[-1] is State.APPROVED
         d.vend()
         d.settle()
-        assert d.o.state is State.COMPLETED
+        assert d.states[-1] is State.COMPLETED
     assert d.violations == []
     calls = [c.op for c in d.stripe.calls]
     return sum(op in READS for op in calls), len(calls)
