@@ -28,7 +28,7 @@ def order_with_card_at(at_s: float | None, policy: Policy | None = None) -> tupl
         assert d.states[-1] is State.APPROVED
         d.vend()
         d.settle()
-        assert d.states[-1] is State.COMPLETED
+        assert d.states[-2:] == [State.CAPTURING, State.COMPLETED]
     assert d.violations == []
     calls = [c.op for c in d.stripe.calls]
     return sum(op in READS for op in calls), len(calls)
