@@ -2,77 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from kiosk.mosquitto import Mosquitto
-from kiosk.simulator import Simulator, ThreadHandle
-from tests.harness import Controller, Daemon, controller
+from tests.harness import Rig, start_rig
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Rig:
-    sim: Simulator
-    reader: str
-    daemon: Daemon
-    ctl: Controller
-    broker: Mosquitto
-
-    def assert_money_safe(self) -> None:
-        """design.md's invariants against the simulator's ledger, for every order seen."""
-        ledger = self.sim.ledger()
-        orders = {i.order_id for i in ledger.intents if i.order_id is not None}
-        for order_id in orders:
-            intents = ledger.for_order(order_id)
-            assert len(intents) == 1, f"order {order_id} has {len(intents)} PaymentIntents"
-            intent = intents[0]
-            captured = ledger.captured_total(order_id)
-            assert captured <= intent.amount
-            assert len(intent.captures) <= 1
-            states = self.ctl.states(order_id)
-            if captured:
-                assert states[-1] == "completed", (order_id, states)
-            final = states[-1] if states else None
-            if final in {"canceled", "failed"}:
-                assert intent.status == "canceled", (order_id, intent.status)
-        assert not ledger.uncaptured(), [i.id for i in ledger.uncaptured()]
-
-
-@pytest.fixture(name="sim")
-def fixture_sim() -> Iterator[ThreadHandle]:
-    handle = Simulator(seed=7).start_in_thread()
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
 @pytest.fixture(name="rig")
-async def fixture_rig(tmp_path: Path, broker: Mosquitto, sim: ThreadHandle) -> AsyncIterator[Rig]:
-    simulator = sim.simulator
-    reader = simulator.register_reader("simulated-wpe")
-    daemon = Daemon(
-        tmp_path,
-        broker_url=broker.url,
-        api_base=sim.url,
-        reader_id=reader,
-        PAYMENTS__CARD_TIMEOUT_S="3",
-        PAYMENTS__VEND_RESULT_TIMEOUT_S="3",
-    )
-    async with controller(broker.host, broker.port) as ctl:
-        daemon.start()
-        try:
-            await ctl.wait_daemon("online")
-            yield Rig(simulator, reader, daemon, ctl, broker)
-        finally:
-            if daemon.alive():
-                daemon.terminate()
-            print(daemon.log()[-5000:])
+async def fixture_rig(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Rig]:
+    async with start_rig(tmp_path, broker) as rig:
+        yield rig
 
 
 async def test_happy_path_captures_after_vend_success(rig: Rig) -> None:
