@@ -11,6 +11,14 @@ House rules of the machine (they are the money-safety invariants of design.md, m
 - An order that ends without a capture ends only after its PaymentIntent was seen canceled (or
   never existed), except when a step's time budget ran out: then it ends `failed` and the
   reconciler releases the hold.
+- Reader hygiene: `cancel_action` clears the reader's action, whoever's it is, so it is sent only
+  after a read showed the action to be this order's own PaymentIntent's — with one exception. A
+  stale action of an earlier order (another PaymentIntent, still `in_progress`) that makes the
+  reader answer busy is cleared only after that PaymentIntent was read, right before the cancel,
+  and found not being authorised (anything but `processing` or `requires_capture`). One that is
+  being authorised is never canceled: kiosk waits (backoff, read again) within the step budget.
+  Stripe itself refuses `cancel_action` while a card is being authorised; that refusal, too,
+  means wait and compare again, never resend. The other PaymentIntent itself is left alone.
 - Everything is a pure function of (order data, event, now). No I/O, no clock, no randomness.
 """
 
@@ -44,8 +52,10 @@ from kiosk.model import (
     Wait,
 )
 
-READER_OPS = frozenset({Op.DISPLAY, Op.PROCESS, Op.COLLECT, Op.CONFIRM, Op.CANCEL_ACTION})
+READER_OPS = frozenset({Op.DISPLAY, Op.PROCESS, Op.COLLECT, Op.CONFIRM, Op.CANCEL_ACTION, Op.CLEAR_STALE})
 PAYMENT_ACTIONS = frozenset({"process_payment_intent", "collect_payment_method", "confirm_payment_intent"})
+# A PaymentIntent in these states is being (or has just been) authorised: its action is never canceled.
+AUTHORISING = frozenset({"processing", "requires_capture"})
 # States in which the reader may be running this order's payment action.
 ON_READER = frozenset({State.RECEIVED, State.AWAITING_CARD, State.PROCESSING, State.DECLINED})
 COLLECT_WINDOW_S = 30.0
@@ -161,7 +171,7 @@ def plan(order: OrderData, now: float) -> tuple[OrderData, Call | Wait | None]:
 
 def _next_call(order: OrderData, now: float) -> Call | Wait:  # noqa: C901, PLR0911 - one branch per state
     if order.pending_read is not None:
-        return Call(order.pending_read)
+        return _call_for(order, order.pending_read)
     if order.retry_op is not None:
         return _call_for(order, order.retry_op)
     if order.goal is not None:
@@ -192,8 +202,12 @@ def _collect_flow(order: OrderData) -> bool:
     return order.policy.flow == "collect_confirm"
 
 
+def _start_op(order: OrderData) -> Op:
+    return Op.COLLECT if _collect_flow(order) else Op.PROCESS
+
+
 def _start_payment(order: OrderData) -> Call:
-    return Call(Op.COLLECT if _collect_flow(order) else Op.PROCESS)
+    return Call(_start_op(order))
 
 
 def _poll(order: OrderData, now: float, op: Op, deadline: float | None) -> Call | Wait:
@@ -208,6 +222,8 @@ def _call_for(order: OrderData, op: Op) -> Call:
         return Call(Op.CAPTURE, amount=amount)
     if op is Op.CANCEL:
         return Call(Op.CANCEL, reason=order.goal.stripe_reason if order.goal else "abandoned")
+    if op is Op.CLEAR_STALE or op is Op.READ_OTHER_INTENT:
+        return Call(op, target=order.stale_intent)
     return Call(op)
 
 
@@ -474,9 +490,11 @@ def _end_goal(order: OrderData) -> OrderData:
 # --- Call results -------------------------------------------------------------------------------
 
 
-def _succeeded(order: OrderData, event: CallSucceeded, now: float) -> OrderData:  # noqa: PLR0911
+def _succeeded(order: OrderData, event: CallSucceeded, now: float) -> OrderData:  # noqa: C901, PLR0911
     op = event.call.op
-    if op is not Op.READ_READER and op is not Op.READ_INTENT:
+    # Reads, and clearing another order's action, do not move this order on: the step's budget
+    # keeps running (a reader that keeps getting stale actions ends the order in time).
+    if op not in {Op.READ_READER, Op.READ_INTENT, Op.READ_OTHER_INTENT, Op.CLEAR_STALE}:
         order = _progress(order, now)
     match op:
         case Op.CREATE:
@@ -496,6 +514,13 @@ def _succeeded(order: OrderData, event: CallSucceeded, now: float) -> OrderData:
             )
         case Op.CANCEL_ACTION:
             return replace(order, action_cleared=True)
+        case Op.CLEAR_STALE:
+            # The reader is free: start our payment. A later stale action is cleared under a new
+            # key (this one's would only replay this answer).
+            return _new_attempt(replace(order, stale_intent=None, retry_op=None, retry_at=None), Op.CLEAR_STALE)
+        case Op.READ_OTHER_INTENT:
+            assert event.intent is not None  # noqa: S101
+            return _observe_stale(replace(order, pending_read=None), event.intent, now)
         case Op.CAPTURE | Op.CANCEL:
             assert event.intent is not None  # noqa: S101
             return _observe_intent(order, event.intent, now)
@@ -521,6 +546,7 @@ def _payment_started(order: OrderData, now: float) -> OrderData:
         card_deadline=deadline,
         next_poll_at=now + order.policy.poll_first_s,
         action_cleared=False,
+        stale_intent=None,
     )
 
 
@@ -533,6 +559,30 @@ def _next_poll(order: OrderData, now: float) -> float:
 
 def _ours(order: OrderData, action: ActionView | None) -> bool:
     return action is not None and action.type in PAYMENT_ACTIONS and action.intent_id == order.intent_id
+
+
+def _stale(order: OrderData, action: ActionView | None) -> str | None:
+    """The PaymentIntent of another payment still running on the reader, if that is what it shows."""
+    if (
+        action is None
+        or action.type not in PAYMENT_ACTIONS
+        or action.status != "in_progress"
+        or action.intent_id is None
+        or action.intent_id == order.intent_id
+    ):
+        return None
+    return action.intent_id
+
+
+def _observe_stale(order: OrderData, intent: IntentView, now: float) -> OrderData:
+    """The PaymentIntent of a stale action, read right before clearing the action (or not)."""
+    if order.goal is not None or intent.id != order.stale_intent or order.state not in {State.RECEIVED, State.DECLINED}:
+        return replace(order, stale_intent=None, retry_op=None if order.retry_op is Op.CLEAR_STALE else order.retry_op)
+    if intent.status in AUTHORISING:
+        # A card is being authorised on it (or just was): never cancel that. Its action ends by
+        # itself; ask the reader again after a backoff, within the step's budget.
+        return _retry(replace(order, stale_intent=None), now, _start_op(order), same_key=True)
+    return replace(order, retry_op=Op.CLEAR_STALE, retry_at=None)
 
 
 def _observe_reader(order: OrderData, reader: ReaderView, now: float) -> OrderData:
@@ -579,6 +629,11 @@ def _observe_reader_action(order: OrderData, reader: ReaderView, now: float) -> 
             order = replace(order, retry_op=None)
             order = _payment_started(order, now)
             return _observe_reader(order, reader, now) if action.status != "in_progress" else order
+        stale = _stale(order, action)
+        if stale is not None and retry in {Op.PROCESS, Op.COLLECT}:
+            # Another PaymentIntent's payment (an earlier order that was never cleared) keeps the
+            # reader busy: read that PI before deciding whether its action may be cleared.
+            return replace(order, stale_intent=stale, pending_read=Op.READ_OTHER_INTENT)
         if retry is not None:
             # The retry follows, after a backoff: a reader busy with something else (another
             # order's action, a card left inserted) answers busy again if asked at once.
@@ -813,17 +868,32 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
         )
         # The key will not be accepted a moment later either: wind down after a pause.
         return order if order.terminal else replace(order, retry_at=now + order.policy.backoff_cap_s)
+    if op is Op.CLEAR_STALE and code not in {"terminal_reader_offline", "terminal_reader_hardware_fault"}:
+        return _stale_not_cleared(order, event, now)
     if failure is Failure.THROTTLED:
         return _retry(order, now, op, same_key=True, floor=event.retry_after or 0.0)
     if not op.mutating:
         return _retry(order, now, op, same_key=True)
     if failure is Failure.UNKNOWN:
-        if event.replayed and op is not Op.CREATE:
-            # Stripe stored a server error under this key and will answer it again, forever: the
-            # read decides whether the call is still needed, and then it goes under a new key.
+        if (event.replayed or event.should_retry is False) and op is not Op.CREATE:
+            # Stripe stored a server error under this key and will answer it again, forever (or
+            # says that sending it again will not help): the read decides whether the call is
+            # still needed, and then it goes under a new key.
             # (Never for create: a new create key could make a second PaymentIntent.)
             order = _new_attempt(order, op)
         match op:
+            case Op.CREATE if event.should_retry is False:
+                # Sending it again would only replay this answer, and a new key could make a
+                # second PaymentIntent: the order ends. A PaymentIntent made after all carries
+                # this kiosk and order in its metadata: the reconciler finds and releases it.
+                order = replace(order, retry_op=None)
+                if order.goal is not None:
+                    return _end_goal(order)
+                return _begin_goal(
+                    order,
+                    Goal(State.FAILED, "payments_unavailable", "Payments are unavailable right now."),
+                    now,
+                )
             case Op.CREATE:
                 return _retry(order, now, Op.CREATE, same_key=True)
             case Op.DISPLAY:
@@ -905,6 +975,18 @@ def _failed(order: OrderData, event: CallFailed, now: float) -> OrderData:  # no
         ),
         now,
     )
+
+
+def _stale_not_cleared(order: OrderData, event: CallFailed, now: float) -> OrderData:
+    """Clearing a stale action failed: busy (a card is being authorised on it), a timeout, an error.
+
+    It is never sent again as it was: after a backoff the reader is read and compared again.
+    """
+    order = _new_attempt(replace(order, stale_intent=None), Op.CLEAR_STALE)
+    if order.goal is not None:
+        return replace(order, retry_op=None if order.retry_op is Op.CLEAR_STALE else order.retry_op)
+    wait = max(_backoff_s(order), event.retry_after or 0.0)
+    return _read_then(order, now, Op.READ_READER, _start_op(order), delay=wait)
 
 
 def _reader_gone(order: OrderData) -> OrderData:

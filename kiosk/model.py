@@ -41,11 +41,15 @@ class Op(StrEnum):
     CANCEL = "cancel"
     READ_INTENT = "read_intent"
     READ_READER = "read_reader"
+    # A stale action of another PaymentIntent keeps the reader busy: read that PI, and clear the
+    # action (`cancel_action`) only when that PI is not being authorised.
+    READ_OTHER_INTENT = "read_other_intent"
+    CLEAR_STALE = "clear_stale_action"
 
     @property
     def mutating(self) -> bool:
         """Whether the call changes something at Stripe (and so needs an idempotency key)."""
-        return self not in {Op.READ_INTENT, Op.READ_READER}
+        return self not in {Op.READ_INTENT, Op.READ_READER, Op.READ_OTHER_INTENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +132,17 @@ class ReaderView:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A request to Stripe the order wants made. `key` is the idempotency key of mutating calls."""
+    """A request to Stripe the order wants made. `key` is the idempotency key of mutating calls.
+
+    `target` is the PaymentIntent of a stale action (read_other_intent, clear_stale_action): never
+    the order's own.
+    """
 
     op: Op
     key: str | None = None
     amount: int | None = None
     reason: str | None = None
+    target: str | None = None
 
 
 class Failure(StrEnum):
@@ -290,6 +299,7 @@ class OrderData:
     vend_amount: int | None = None
     collected: bool = False
     collected_at: float | None = None
+    stale_intent: str | None = None  # the PI of another order's action found on the reader
 
     @property
     def terminal(self) -> bool:

@@ -381,10 +381,20 @@ class Runner:
                 case Op.CANCEL:
                     intent = await gw.cancel_intent(pi, reason=call.reason or "abandoned", key=key)
                     return CallSucceeded(call, intent=intent_view(intent))
-                case Op.READ_INTENT:
-                    return CallSucceeded(call, intent=intent_view(await gw.retrieve_intent(pi)))
+                case Op.READ_INTENT | Op.READ_OTHER_INTENT:
+                    # read_other_intent reads the PaymentIntent of a stale action, not the order's.
+                    return CallSucceeded(call, intent=intent_view(await gw.retrieve_intent(call.target or pi)))
                 case Op.READ_READER:
                     reader = await gw.retrieve_reader()
+                case Op.CLEAR_STALE:
+                    # The core compared right before: that PaymentIntent is not being authorised.
+                    reader = await gw.cancel_action(key=key)
+                    log.info(
+                        "reader.stale_action_cleared",
+                        order_id=order.order_id,
+                        intent=order.intent_id,
+                        stale_intent=call.target,
+                    )
         except UpstreamError as exc:
             event = failure_event(call, exc)
             log.warning(

@@ -56,7 +56,9 @@ TEST_AMOUNTS = {
     "65": "withdrawal_count_limit_exceeded",
     "75": "pin_try_exceeded",
 }
-READER_CALLS = frozenset({Op.DISPLAY, Op.PROCESS, Op.COLLECT, Op.CONFIRM, Op.CANCEL_ACTION})
+READER_CALLS = frozenset({Op.DISPLAY, Op.PROCESS, Op.COLLECT, Op.CONFIRM, Op.CANCEL_ACTION, Op.CLEAR_STALE})
+# A PaymentIntent being (or just) authorised: an action of it must never be canceled by another order.
+AUTHORISING = frozenset({"processing", "requires_capture"})
 
 FaultKind = Literal["unknown", "throttled", "refused", "auth"]
 Outcome = CallSucceeded | CallFailed
@@ -253,6 +255,17 @@ class FakeStripe:
         """An earlier order's action is still on the reader (finished)."""
         self.action = FakeAction("process_payment_intent", "failed", intent_id, "card_declined", "Declined")
 
+    def stale_payment(self, status: str = "requires_payment_method", *, authorising: str | None = None) -> FakeIntent:
+        """An earlier order's payment still running on the reader, its PI in `status`.
+
+        With `authorising` (an outcome), a card is being authorised on it: `finish_authorisation`
+        completes it.
+        """
+        earlier = FakeIntent("pi_earlier", "earlier", self.kiosk_id, 700, "usd", status=status)
+        self.intents[earlier.id] = earlier
+        self.action = FakeAction("process_payment_intent", "in_progress", earlier.id, authorising=authorising)
+        return earlier
+
     def _authorise(self, pi: FakeIntent) -> None:
         pi.status = "requires_capture"
         pi.amount_capturable = pi.amount
@@ -342,6 +355,12 @@ class FakeStripe:
 
     def _execute(self, call: Call, order: OrderData) -> Outcome:  # noqa: C901, PLR0911, PLR0912, PLR0915
         op = call.op
+        if op is Op.READ_OTHER_INTENT:
+            other = self.intents.get(call.target or "")
+            if other is None or call.target == order.intent_id:
+                self.violations.append(f"read_other_intent of {call.target} for {order.order_id}")
+                return CallFailed(call, Failure.REFUSED, code="resource_missing")
+            return CallSucceeded(call, intent=other.view())
         if op is Op.CREATE:
             new = FakeIntent(f"pi_{len(self.intents) + 1}", order.order_id, self.kiosk_id, order.amount, order.currency)
             self.intents[new.id] = new
@@ -390,6 +409,18 @@ class FakeStripe:
                 owner = a.intent_id if a is not None else None
                 if owner is not None and owner != order.intent_id:
                     self.violations.append(f"cancel_action for {order.order_id} cleared {owner}'s action")
+                self.cancel_actions.append(owner)
+                self.action = None
+            case Op.CLEAR_STALE:
+                if a is not None and a.authorising is not None:
+                    return CallFailed(call, Failure.REFUSED, code="terminal_reader_busy")
+                owner = a.intent_id if a is not None else None
+                if owner == order.intent_id:
+                    self.violations.append(f"clear_stale_action for {order.order_id} cleared its own action")
+                if owner is not None and owner != call.target:
+                    self.violations.append(f"clear_stale_action for {call.target} cleared {owner}'s action")
+                if owner is not None and owner in self.intents and self.intents[owner].status in AUTHORISING:
+                    self.violations.append(f"cleared the action of {owner}, being authorised")
                 self.cancel_actions.append(owner)
                 self.action = None
             case Op.CAPTURE:

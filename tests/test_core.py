@@ -361,14 +361,16 @@ def test_reader_reboot_while_awaiting_card_prompts_again(d: Driver) -> None:
     assert d.o.state is State.APPROVED
 
 
-def test_busy_reader_with_another_orders_action_is_not_cleared(d: Driver) -> None:
-    d.stripe.set_stale_action()
-    assert d.stripe.action is not None
-    d.stripe.action.status = "in_progress"
+def test_busy_reader_with_another_orders_action_being_authorised_is_not_cleared(d: Driver) -> None:
+    earlier = d.stripe.stale_payment("processing", authorising="approve")  # never finishes here
     d.start()
     ended(d, State.FAILED, "payments_unavailable")
     assert d.stripe.cancel_actions == []
-    assert d.stripe.cancels == ["pi_1"]
+    assert Op.CLEAR_STALE not in ops(d)
+    assert d.stripe.cancels == [d.o.intent_id]
+    assert earlier.status == "processing"  # the earlier order's payment is left alone
+    assert d.stripe.action is not None
+    assert d.stripe.action.intent_id == earlier.id
 
 
 # --- unknown outcomes -------------------------------------------------------------------------------
@@ -820,3 +822,143 @@ def test_a_reader_that_times_out_on_cancel_action_is_left_and_the_payment_releas
         _fail_next(d, Op.CANCEL_ACTION, failure=Failure.REFUSED, code="terminal_reader_timeout")
     ended(d, State.CANCELED, "controller_canceled")
     assert d.stripe.cancels == ["pi_1"]
+
+
+# --- a stale action of an earlier order on the reader (issue 5, item 3) ---------------------------
+
+
+def _clears(d: Driver) -> list[Call]:
+    return [c for c in d.stripe.calls if c.op is Op.CLEAR_STALE]
+
+
+@pytest.mark.parametrize("status", ["requires_payment_method", "requires_confirmation", "canceled"])
+@pytest.mark.parametrize("flow", ["process", "collect_confirm"])
+def test_a_stale_action_whose_intent_is_not_being_authorised_is_cleared(d: Driver, status: str, flow: str) -> None:
+    earlier = d.stripe.stale_payment(status)
+    start = Op.COLLECT if flow == "collect_confirm" else Op.PROCESS
+    awaiting(d, policy=replace_policy(flow=flow))
+    assert ops(d) == [Op.CREATE, start, Op.READ_READER, Op.READ_OTHER_INTENT, Op.CLEAR_STALE, start]
+    read, clear = (c for c in d.stripe.calls if c.op in {Op.READ_OTHER_INTENT, Op.CLEAR_STALE})
+    assert read.target == clear.target == earlier.id
+    assert clear.key == "kiosk:k1:o1:clear_stale_action:1"
+    assert d.stripe.cancel_actions == [earlier.id]
+    assert d.stripe.present_card()
+    d.run_until(State.APPROVED, limit=10)
+    d.vend()
+    ended(d, State.COMPLETED, None)
+    assert earlier.status == status  # only its action was cleared; the PaymentIntent is untouched
+    assert earlier.id not in d.stripe.cancels
+
+
+def test_a_stale_action_being_authorised_is_waited_for_then_the_order_pays(d: Driver) -> None:
+    earlier = d.stripe.stale_payment("processing", authorising="approve")
+    d.start()
+    d.run(4.0)
+    assert d.o.state is State.RECEIVED
+    assert Op.CLEAR_STALE not in ops(d)
+    reads = ops(d).count(Op.READ_OTHER_INTENT)
+    assert 2 <= reads <= 6, ops(d)  # read again after each backoff, not in a loop
+    assert d.stripe.finish_authorisation()
+    assert earlier.status == "requires_capture"
+    d.run_until(State.AWAITING_CARD, limit=20)
+    assert d.stripe.present_card()
+    d.run_until(State.APPROVED, limit=10)
+    d.vend()
+    ended(d, State.COMPLETED, None)
+    assert d.stripe.cancel_actions == []
+    assert earlier.status == "requires_capture"  # the earlier order's money is not kiosk's to move here
+    assert earlier.id not in d.stripe.cancels
+
+
+def test_stripe_refusing_the_clear_while_a_card_is_authorised_means_wait_and_compare_again(d: Driver) -> None:
+    # The PI does not (yet) show the authorisation, but the reader does: cancel_action is busy.
+    earlier = d.stripe.stale_payment("requires_payment_method", authorising="approve")
+    d.start()
+    d.run(3.0)
+    clears = _clears(d)
+    assert len(clears) >= 2
+    assert len({c.key for c in clears}) == len(clears)  # never re-sent under the same key
+    assert d.stripe.cancel_actions == []
+    assert d.stripe.finish_authorisation()
+    d.run_until(State.AWAITING_CARD, limit=20)
+    assert d.stripe.cancel_actions == []
+    assert earlier.status == "requires_capture"
+
+
+def test_a_card_left_inserted_is_not_taken_for_a_stale_action(d: Driver) -> None:
+    d.start()
+    d.stripe.inject("refused", Op.PROCESS, "terminal_reader_busy")
+    d.stripe.inject("refused", Op.PROCESS, "terminal_reader_busy")
+    d.run_until(State.AWAITING_CARD, limit=20)
+    assert ops(d).count(Op.PROCESS) == 3
+    assert Op.READ_OTHER_INTENT not in ops(d)
+    assert Op.CLEAR_STALE not in ops(d)
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_an_unknown_clear_is_read_and_compared_again_never_resent(d: Driver, *, applied: bool) -> None:
+    earlier = d.stripe.stale_payment()
+    d.start()
+    d.stripe.inject("unknown", Op.CLEAR_STALE, applied=applied)
+    d.run_until(State.AWAITING_CARD, limit=20)
+    clears = _clears(d)
+    assert len(clears) == (1 if applied else 2)
+    assert len({c.key for c in clears}) == len(clears)
+    assert d.stripe.cancel_actions == [earlier.id]
+    assert d.stripe.calls[d.stripe.calls.index(clears[0]) + 1].op is Op.READ_READER
+
+
+def test_a_restart_while_clearing_a_stale_action_does_not_clear_twice(d: Driver) -> None:
+    earlier = d.stripe.stale_payment()
+    d.start()
+    for _ in range(10):
+        _, action = core.plan(d.o, d.now)
+        if isinstance(action, Call) and action.op is Op.CLEAR_STALE:
+            break
+        d.step()
+    else:
+        raise AssertionError(ops(d))
+    d.crash(applied=True)
+    d.run_until(State.AWAITING_CARD, limit=20)
+    assert d.stripe.cancel_actions == [earlier.id]
+    assert len(_clears(d)) == 1
+
+
+def test_a_cancel_while_waiting_for_a_stale_authorisation_leaves_it_alone(d: Driver) -> None:
+    earlier = d.stripe.stale_payment("processing", authorising="approve")
+    d.start()
+    d.run(2.0)
+    d.cancel()
+    ended(d, State.CANCELED, "controller_canceled")
+    assert d.stripe.cancel_actions == []
+    assert d.stripe.cancels == [d.o.intent_id]
+    assert earlier.status == "processing"
+
+
+def test_a_stale_action_on_an_offline_reader_ends_the_order_reader_offline(d: Driver) -> None:
+    d.stripe.stale_payment()
+    d.start()
+    d.stripe.inject("refused", Op.CLEAR_STALE, "terminal_reader_offline")
+    ended(d, State.CANCELED, "reader_offline")
+    assert d.stripe.cancels == [d.o.intent_id]
+
+
+# --- Stripe-Should-Retry on an unknown outcome ------------------------------------------------------
+
+
+def test_a_server_error_on_create_that_should_not_be_retried_ends_the_order(d: Driver) -> None:
+    d.start()
+    _fail_next(d, Op.CREATE, failure=Failure.UNKNOWN, code=None, should_retry=False)
+    ended(d, State.FAILED, "payments_unavailable")
+    assert ops(d) == []  # not re-sent: not under its key (a replay), never under a new one
+    assert d.stripe.creates == {}
+
+
+def test_a_server_error_on_capture_that_should_not_be_retried_is_read_then_sent_under_a_new_key(d: Driver) -> None:
+    approved(d)
+    d.vend()
+    first = _fail_next(d, Op.CAPTURE, failure=Failure.UNKNOWN, code=None, should_retry=False)
+    ended(d, State.COMPLETED, None)
+    captures = [c for c in d.stripe.calls if c.op is Op.CAPTURE]
+    assert [c.key for c in captures] != [first.key]
+    assert d.stripe.calls[-2].op is Op.READ_INTENT

@@ -161,6 +161,20 @@ class OrderMachine(RuleBasedStateMachine):
             case "authorisation_expires" if self.d.order is not None:
                 stripe.expire_authorisation(self.d.o.order_id)
 
+    @precondition(lambda self: self._idle() or self.d.o.state is State.RECEIVED)
+    @rule(
+        status=st.sampled_from(["requires_payment_method", "requires_confirmation", "canceled", "processing"]),
+        authorising=st.booleans(),
+    )
+    def stale_action_appears(self, status: str, *, authorising: bool) -> None:
+        """An earlier order's payment is left running on an idle reader (a card maybe authorising)."""
+        action = self.d.stripe.action
+        if action is not None and action.status == "in_progress":
+            return
+        # A PI Stripe shows `processing` has a card being authorised: that ends by itself.
+        self.d.stripe.stale_payment(status, authorising="approve" if authorising or status == "processing" else None)
+        event("stale action")
+
     # --- the API -------------------------------------------------------------------------------
 
     @rule(
