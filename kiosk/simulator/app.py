@@ -198,6 +198,7 @@ class Simulator:
         message: str | None = None,
         drop_connection: bool = False,
         rate_limited_reason: str | None = None,
+        should_retry: bool | None = None,
         count: int | None = None,
         probability: float = 1.0,
     ) -> int:
@@ -211,6 +212,7 @@ class Simulator:
             message=message,
             drop_connection=drop_connection,
             rate_limited_reason=rate_limited_reason,
+            should_retry=should_retry,
             count=count,
             probability=probability,
         )
@@ -327,7 +329,7 @@ class Simulator:
                     raise _rate_limited("global-rate")
                 rule = self.faults.pick(request.method, request.path)
             if rule is not None and rule.rate_limited_reason is not None:
-                raise _rate_limited(rule.rate_limited_reason)
+                raise _rate_limited(rule.rate_limited_reason, should_retry=rule.should_retry)
             params = self._params(request)
             handler, ids = api.match(request.method, request.path)
             expand_paths = [str(p) for p in params.pop("expand", [])] if isinstance(params.get("expand"), list) else []
@@ -346,7 +348,8 @@ class Simulator:
         except StripeError as err:
             return _json(err.status, err.body(), self._with_request_id(headers + list(err.headers.items())))
         try:
-            status, body = await self._run(rule, handler, params, version, ids, expand_paths)
+            status, body, extra = await self._run(rule, handler, params, version, ids, expand_paths)
+            headers += extra  # an injected error's own headers (Stripe-Should-Retry): stored with it
         except asyncio.CancelledError:
             if key:
                 with self._lock:
@@ -368,7 +371,7 @@ class Simulator:
         version: str,
         ids: tuple[str, ...],
         expand_paths: list[str],
-    ) -> tuple[int, Any]:
+    ) -> tuple[int, Any, list[tuple[str, str]]]:
         try:
             if rule is not None and rule.latency_s > 0:
                 await asyncio.sleep(rule.latency_s)
@@ -380,8 +383,8 @@ class Simulator:
                 resource = handler(self, params, version, now, tuple(unquote(i) for i in ids))
                 body = api.expand(self, api.render(self, resource, version, now), expand_paths)
         except StripeError as err:
-            return err.status, err.body()
-        return 200, body
+            return err.status, err.body(), list(err.headers.items())
+        return 200, body, []
 
     @staticmethod
     def _params(request: Request) -> dict[str, Any]:
@@ -476,12 +479,15 @@ def _authenticate(header: str) -> str:
     return credential
 
 
-def _rate_limited(reason: str) -> StripeError:
+def _rate_limited(reason: str, *, should_retry: bool | None = None) -> StripeError:
     return StripeError(
         429,
         "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
         code="rate_limit",
-        headers={"Stripe-Rate-Limited-Reason": reason, "Stripe-Should-Retry": "true"},
+        headers={
+            "Stripe-Rate-Limited-Reason": reason,
+            "Stripe-Should-Retry": "false" if should_retry is False else "true",
+        },
     )
 
 
@@ -498,7 +504,7 @@ def _injected(rule: FaultRule) -> StripeError:
     message = rule.message or (
         "An unknown error occurred" if status >= 500 else f"Injected error ({rule.code or status})"
     )
-    return StripeError(status, message, type_=kind, code=rule.code)
+    return StripeError(status, message, type_=kind, code=rule.code, headers=rule.headers())
 
 
 def _json(status: int, payload: Any, headers: list[tuple[str, str]]) -> Response:

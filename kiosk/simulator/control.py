@@ -178,6 +178,7 @@ def _add_fault(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> An
         message=body.get("message"),
         drop_connection=to_bool(body.get("drop_connection", False), "drop_connection"),
         rate_limited_reason=body.get("rate_limited_reason"),
+        should_retry=None if body.get("should_retry") in (None, "") else to_bool(body["should_retry"], "should_retry"),
         count=None if count in (None, "") else to_int(count, "count"),
         probability=_float(body.get("probability", 1.0), "probability"),
     )

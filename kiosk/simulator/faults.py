@@ -3,8 +3,10 @@
 A rule matches a method and a path pattern (`fnmatch`, e.g. `/v1/payment_intents/*/capture`) and
 may add latency, answer an error status and code instead of running the request, run the request
 and then drop the connection (the effect happens, the response is lost), or answer 429 with
-`Stripe-Rate-Limited-Reason`. `count` bounds how often it fires and `probability` makes it fire at
-random — from the simulator's seeded generator, so a run repeats exactly.
+`Stripe-Rate-Limited-Reason`. `should_retry` sends `Stripe-Should-Retry: true|false` with the
+rule's error answer (a 429 from `rate_limited_reason` says `true` unless told otherwise). `count`
+bounds how often it fires and `probability` makes it fire at random — from the simulator's seeded
+generator, so a run repeats exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class FaultRule:
     message: str | None = None
     drop_connection: bool = False
     rate_limited_reason: str | None = None
+    should_retry: bool | None = None
     count: int | None = None
     probability: float = 1.0
     id: int = 0
@@ -44,6 +47,8 @@ class FaultRule:
             raise ValueError("probability must be between 0 and 1")
         if self.latency_s < 0:
             raise ValueError("latency_s must not be negative")
+        if self.should_retry is not None and self.status is None and self.rate_limited_reason is None:
+            raise ValueError("should_retry goes with an error answer: give status or rate_limited_reason")
         self.method = self.method.upper()
 
     def matches(self, method: str, path: str) -> bool:
@@ -55,6 +60,12 @@ class FaultRule:
     def as_json(self) -> dict[str, Any]:
         """The rule as the control API shows it."""
         return asdict(self)
+
+    def headers(self) -> dict[str, str]:
+        """The headers the rule adds to its error answer."""
+        if self.should_retry is None:
+            return {}
+        return {"Stripe-Should-Retry": "true" if self.should_retry else "false"}
 
 
 class Faults:
