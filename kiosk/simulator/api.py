@@ -183,6 +183,9 @@ def _expand_one(sim: Simulator, node: Any, parts: list[str], path: str) -> None:
             if isinstance(value, str):
                 node[part] = _lookup(sim, value, path)
             return
+        if isinstance(node[part], str):
+            # An id on the way down is expanded too, as Stripe does (`a.b.c`: b is expanded first).
+            node[part] = _lookup(sim, node[part], path)
         node = node[part]
         if node is None:
             return
