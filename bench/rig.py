@@ -345,10 +345,11 @@ class Setup:
 
 
 @contextmanager
-def setup(workdir: Path, seed: int = 7, *, broker_nodelay: bool = False) -> Iterator[Setup]:
+def setup(workdir: Path, seed: int = 7, *, broker_nodelay: bool = True) -> Iterator[Setup]:
     """Start the simulator (in a thread of this process) and a private Mosquitto on loopback.
 
-    `broker_nodelay` sets Mosquitto's `set_tcp_nodelay true` (its default is false: Nagle on).
+    `broker_nodelay` sets `set_tcp_nodelay true`, as config/mosquitto/mosquitto.conf does (Mosquitto's
+    default is false: Nagle on).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     sim = Simulator(seed=seed)
