@@ -53,6 +53,13 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
     loaded = settings.load(args.config)
     REDACTOR.add(loaded.settings.secret_values())
+    if loaded.settings.fleet.enabled:
+        from kiosk.fleet import updates  # noqa: PLC0415 - each command imports what it needs
+
+        # A software update on trial that keeps failing is switched back before anything else.
+        code = updates.boot_guard(loaded.settings)
+        if code is not None:
+            return code
     return service.run(loaded.settings)
 
 

@@ -37,12 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the payload is a command request: add request_id and expires_at when missing",
     )
     sign.add_argument("--expires-in", type=float, default=300, metavar="S", help="with --command (default 300 s)")
+    # The operators' console: status, config, cmd, update (kiosk/fleet/console.py).
+    from kiosk.fleet import console  # noqa: PLC0415 - keeps aiomqtt out of `kiosk --help`'s imports
+
+    console.add_arguments(sub)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run a `fleet` subcommand; returns the exit code."""
     from kiosk.fleet import signing  # noqa: PLC0415 - loads cryptography only when needed
 
+    if args.fleet_command in {"status", "config", "cmd", "update"}:
+        from kiosk.fleet import console  # noqa: PLC0415 - the console's commands
+
+        return console.run(args, out)
     if args.fleet_command == "keygen":
         path = Path(args.out)
         key = signing.generate()
