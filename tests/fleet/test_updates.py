@@ -108,13 +108,14 @@ def test_job_documents_are_checked_before_anything_is_fetched() -> None:
         "artifact": artifact,
     }
     assert updates.parse_job("j", good).artifact.size == 10
-    for change, problem in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"type": "reboot"}, "unsupported"),
         ({"version": "../../etc"}, "version"),
         ({"artifact": {**artifact, "url": "file:///etc/passwd"}}, "artifact.url"),
         ({"artifact": {**artifact, "sha256": "xyz"}}, "sha256"),
         ({"artifact": {**artifact, "size": 0}}, "size"),
-    ]:
+    ]
+    for change, problem in cases:
         with pytest.raises(ValueError, match=problem):
             updates.parse_job("j", {**good, **change})
 
