@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.faultrig import FAST, Lane, happy_order, lane, money_problems
+from tests.faultrig import ENDED, FAST, Lane, happy_order, lane, money_problems
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -64,6 +64,7 @@ class Cell:
     split: bool = False
     during: Callable[[Lane, str], Awaitable[None]] | None = None  # once the order awaits a card
     sticky: bool = False  # payments stay unavailable after the simulator is repaired, until a person acts
+    stale: str | None = None  # an earlier order's payment left on the reader: "waiting" or "authorising"
 
 
 @dataclass
@@ -221,7 +222,28 @@ def reader_cells() -> list[Cell]:
             split=True,
         )
     )
-    out.append(Cell("reader busy (earlier order's action)", "process", script="no_card", expect=BUDGET))
+    for step, split in (("process", False), ("collect", True)):
+        # Its PaymentIntent is not being authorised: kiosk clears the action, then takes the payment.
+        out.append(
+            Cell(
+                "reader busy (earlier order's action)",
+                step,
+                script="present_when_awaiting",
+                expect=completed,
+                split=split,
+                stale="waiting",
+            )
+        )
+    # A card is being authorised on it: kiosk waits for that to end (never cancels it), then pays.
+    out.append(
+        Cell(
+            "reader busy (earlier order's card authorising)",
+            "process",
+            script="present_when_awaiting",
+            expect=completed,
+            stale="authorising",
+        )
+    )
     out.append(
         Cell(
             "reader offline",
@@ -373,8 +395,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
-async def _arm_stale(the_lane: Lane, order_id: str) -> str:
-    """An earlier order's payment still running on the reader (made straight through the API)."""
+STALE_AUTHORISATION_S = 1.0  # how long the earlier order's card takes to authorise (simulated)
+
+
+async def _arm_stale(the_lane: Lane, order_id: str, kind: str) -> str:
+    """An earlier order's payment still running on the reader (made straight through the API).
+
+    `authorising`: a card was presented to it and is being authorised for a second.
+    """
     gw = the_lane.gateway
     pi = await gw.create_intent(
         amount=700,
@@ -383,16 +411,22 @@ async def _arm_stale(the_lane: Lane, order_id: str) -> str:
         key=f"stale-{order_id}",
     )
     await gw.process_intent(pi.id, key=f"stale-process-{order_id}")
+    if kind == "authorising":
+        the_lane.sim.set_authorisation_delay(the_lane.reader, STALE_AUTHORISATION_S)
+        the_lane.sim.present_card(the_lane.reader)
     return pi.id
 
 
-async def _clear_stale(the_lane: Lane, pi_id: str) -> list[str]:
-    """A person clears the earlier action; returns problems (the kiosk must not have touched it)."""
+async def _check_stale(the_lane: Lane, pi_id: str, kind: str) -> list[str]:
+    """What kiosk did to the earlier order's payment; then it is released (a person would)."""
     problems = []
-    reader = await the_lane.gateway.retrieve_reader()
-    if reader.action is None or reader.action.payment_intent != pi_id or reader.action.status != "in_progress":
-        problems.append(f"the earlier order's action was touched: {reader.action}")
-    await the_lane.gateway.cancel_action(key=f"stale-clear-{pi_id}")
+    ledger = the_lane.sim.ledger()
+    intent = next(i for i in ledger.intents if i.id == pi_id)
+    actions = [a.status for a in ledger.reader_actions if a.payment_intent == pi_id]
+    # Only its action may be cleared, and only while no card was being authorised on it.
+    want = ("requires_payment_method", ["canceled"]) if kind == "waiting" else ("requires_capture", ["succeeded"])
+    if (intent.status, actions) != want:
+        problems.append(f"earlier order's payment: PI {intent.status}, actions {actions}, want {want}")
     await the_lane.gateway.cancel_intent(pi_id, key=f"stale-cancel-{pi_id}")
     return problems
 
@@ -407,8 +441,8 @@ async def run_cell(the_lane: Lane, cell: Cell, n: int) -> Result:  # noqa: C901,
     vended: int | None = None
     amount = 500
     try:
-        if cell.fault.startswith("reader busy (earlier"):
-            stale = await _arm_stale(the_lane, order_id)
+        if cell.stale is not None:
+            stale = await _arm_stale(the_lane, order_id, cell.stale)
         elif cell.fault == "reader offline" and cell.step == "before the order":
             await _offline_before_async(the_lane)
         elif cell.arm is not None:
@@ -437,6 +471,15 @@ async def run_cell(the_lane: Lane, cell: Cell, n: int) -> Result:  # noqa: C901,
                 await the_lane.wait_for(order_id, "awaiting_card")
                 await the_lane.wait_until(lambda: any(a.card for a in sim.ledger().reader_actions))
                 await the_lane.cancel(order_id)
+            case "present_when_awaiting":
+                # No automatic card: it would be presented to the earlier order's payment too.
+                status = await the_lane.wait_for(order_id, "awaiting_card", *ENDED)
+                if status["state"] == "awaiting_card":
+                    sim.present_card(the_lane.reader)
+                    status = await the_lane.wait_for(order_id, "approved", *ENDED)
+                if status["state"] == "approved":
+                    vended = amount
+                    await the_lane.vend(order_id)
             case "no_card":
                 pass
         final = await the_lane.wait_settled(order_id, timeout=30)
@@ -447,8 +490,8 @@ async def run_cell(the_lane: Lane, cell: Cell, n: int) -> Result:  # noqa: C901,
         result.problems += money_problems(the_lane, order_id, vended=vended)
         if cell.unavailable and the_lane.availability.refusal() is None:
             result.problems.append("payments were not reported unavailable")
-        if stale is not None:
-            result.problems += await _clear_stale(the_lane, stale)
+        if stale is not None and cell.stale is not None:
+            result.problems += await _check_stale(the_lane, stale, cell.stale)
         if cell.sticky:
             sim.reader_hardware_fault(the_lane.reader, faulty=False)
             await the_lane.check_reader()
