@@ -313,6 +313,8 @@ class FleetAgent:
             "disk_free_mb": health.disk_free_mb(host.settings.state_dir),
             "cpu_temp_c": health.cpu_temp_c(),
             "mqtt": {"reconnects": host.bus.reconnects, "connected": host.bus.connected},
+            # What kioskd/state tells the controller, for `kiosk fleet status`'s PAYMENTS column.
+            "payments": snap.payments,
             "reader": {
                 "status": snap.reader_status,
                 # The reader answers every check while Stripe answers: its last sighting is Stripe's last OK.

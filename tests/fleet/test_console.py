@@ -116,6 +116,7 @@ async def test_status_shows_every_kiosk_with_its_version_and_health(fleet: Fleet
     for row in rows:
         assert row["state"] == "online"
         assert row["orders"]["open"] == 0
+        assert row["payments"] == "available"
         assert row["health_age_s"] is not None
         assert row["stale"] is False
 
