@@ -363,6 +363,9 @@ def _restarted(order: OrderData, now: float) -> OrderData:
     if order.terminal:
         return order
     order = replace(order, retry_at=None, step_since=now if order.tries == 0 else order.step_since)
+    if order.retry_op is Op.CLEAR_STALE:
+        # That action's PaymentIntent was compared before the restart: compare again first.
+        order = replace(order, retry_op=_start_op(order), stale_intent=None)
     if order.state is State.APPROVED and order.goal is None and order.vend_deadline is not None:
         # While kiosk was down the controller could not be heard: its vend result may be waiting
         # in the broker's session, sent in time. Let it arrive before the hold is released.

@@ -924,6 +924,23 @@ def test_a_restart_while_clearing_a_stale_action_does_not_clear_twice(d: Driver)
     assert len(_clears(d)) == 1
 
 
+def test_a_restart_between_the_comparison_and_the_clear_compares_again(d: Driver) -> None:
+    earlier = d.stripe.stale_payment()
+    d.start()
+    for _ in range(10):
+        _, action = core.plan(d.o, d.now)
+        if isinstance(action, Call) and action.op is Op.CLEAR_STALE:
+            break
+        d.step()
+    else:
+        raise AssertionError(ops(d))
+    d.send(Restarted())  # the comparison was saved, the clear not yet planned
+    d.run_until(State.AWAITING_CARD, limit=20)
+    assert ops(d).count(Op.READ_OTHER_INTENT) == 2
+    assert ops(d)[ops(d).index(Op.CLEAR_STALE) - 1] is Op.READ_OTHER_INTENT
+    assert d.stripe.cancel_actions == [earlier.id]
+
+
 def test_a_cancel_while_waiting_for_a_stale_authorisation_leaves_it_alone(d: Driver) -> None:
     earlier = d.stripe.stale_payment("processing", authorising="approve")
     d.start()
