@@ -95,6 +95,7 @@ HTTP_FAULTS: dict[str, dict[str, Any]] = {
     "429 lock_timeout": {"status": 429, "code": "lock_timeout", "count": 2},
     "429 Should-Retry": {"rate_limited_reason": "endpoint-rate", "count": 2},
     "409 key in use": {"status": 409, "code": "idempotency_key_in_use", "count": 2},
+    "500 Should-Retry: false": {"status": 500, "should_retry": False, "count": 1},
 }
 
 
@@ -103,6 +104,9 @@ def _expect(step: str, fault: str) -> frozenset[tuple[str, str | None]]:
     if step == "create" and fault in {"500 (stored)", "503 twice"}:
         # Stripe stores a server error under the key and replays it; a create is never re-sent
         # under a new key (it could make a second PaymentIntent): the step's budget ends it.
+        return BUDGET
+    if step == "create" and fault == "500 Should-Retry: false":
+        # Stripe says a resend will not help: the order ends at once, nothing sent again.
         return BUDGET
     return normal
 
