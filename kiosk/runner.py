@@ -103,6 +103,20 @@ class Live:
     request_hash: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    saved: OrderData | None = None  # what the journal holds, when known
+
+
+def durable(order: OrderData) -> OrderData:
+    """The order without what a restart re-derives: the bookkeeping of reads.
+
+    A read needs no idempotency key and changes nothing at Stripe; a restart reads again anyway
+    (`Restarted`). So a read in flight, the poll counter and the next poll time need not reach
+    the disk: saving them would cost two synced commits per reader poll.
+    """
+    inflight = order.inflight
+    if inflight is not None and not inflight.op.mutating:
+        inflight = None
+    return replace(order, inflight=inflight, polls=0, next_poll_at=None, pending_read=None)
 
 
 # --- Translating the gateway's objects ----------------------------------------------------------
@@ -257,6 +271,9 @@ class Runner:
         outbox: list[OutboxMessage] = []
         if order.status_seq != before.status_seq or new is not None:
             outbox.append(self._status_message(order))
+        if new is None and not outbox and live.saved is not None and durable(order) == durable(live.saved):
+            live.order = order  # only read bookkeeping changed: nothing the journal must keep
+            return
         transition = (before.state.value, order.state.value, event) if order.state != before.state else None
         await asyncio.to_thread(
             self._journal.save,
@@ -270,6 +287,7 @@ class Runner:
             outbox=outbox,
         )
         live.order = order
+        live.saved = order
         if order.terminal and (new is not None or not before.terminal):
             self._on_terminal(order)  # after the commit: the fleet's event outbox
         if order.reason is not None and order.reason.code == "authorization_expired" and not before.terminal:
