@@ -331,31 +331,49 @@ class Runner:
 
     async def _drive(self, live: Live) -> None:
         order_id = live.order.order_id
+        planned: Call | Wait | None = None
         try:
             while True:
-                async with live.lock:
-                    now = self._clock()
-                    order, action = core.plan(live.order, now)
-                    if isinstance(action, Call):
-                        await self._save(live, order, f"call.{action.op.value}")
-                        crashpoints.reached(f"before_{action.op.value}")
-                    else:
-                        await self._save(live, order, "tick")
+                now = self._clock()
+                if planned is None:
+                    async with live.lock:
+                        order, action = core.plan(live.order, now)
+                        await self._save(live, order, f"call.{action.op.value}" if isinstance(action, Call) else "tick")
+                else:
+                    action, planned = planned, None
                 if action is None:
                     break
                 if isinstance(action, Wait):
                     await self._sleep(live, action.until, now)
                     continue
+                crashpoints.reached(f"before_{action.op.value}")
                 outcome = await self._perform(live.order, action)
                 crashpoints.reached(f"after_{action.op.value}")
                 self._on_outcome(action, outcome)
                 async with live.lock:
-                    order, _ = core.handle(live.order, outcome, self._clock())
-                    await self._save(live, order, _event_name(outcome))
+                    planned = await self._settle_and_plan(live, outcome)
         finally:
             if self._live.get(order_id) is live and live.order.terminal:
                 del self._live[order_id]
         log.info("runner.order_settled", order_id=order_id, state=live.order.state.value)
+
+    async def _settle_and_plan(self, live: Live, outcome: Event) -> Call | Wait | None:
+        """Apply a call's outcome and plan the next step, saved in one transaction where possible.
+
+        The next call's idempotency key is in the same commit as the outcome before it, so the
+        journal still holds every key before its call is made — with one synced commit per step
+        instead of two. When planning itself changed what the controller sees (a deadline passed
+        at that instant), the outcome is saved first, so that each status keeps its own seq.
+        """
+        now = self._clock()
+        handled, _ = core.handle(live.order, outcome, now)
+        order, action = core.plan(handled, now)
+        if order.status_seq != handled.status_seq:
+            await self._save(live, handled, _event_name(outcome))
+            await self._save(live, order, "tick")
+        else:
+            await self._save(live, order, _event_name(outcome))
+        return action
 
     async def _sleep(self, live: Live, until: float | None, now: float) -> None:
         timeout = None if until is None else max(0.0, until - now)
