@@ -151,6 +151,16 @@ class Simulator:
         with self._lock:
             self.readers.get(reader_id).connection_errors.extend([authorised] * count)
 
+    def reader_leave_unconfirmed(self, reader_id: str, *, count: int = 1) -> None:
+        """The next `count` payments on the reader end like Stripe's "temporary connectivity problem".
+
+        The card is read, the reader's action fails with `connection_error`, and the PaymentIntent
+        is left `requires_confirmation` (not authorised). Processing the same PaymentIntent again
+        is accepted: the reader asks for the card again and authorises it. The same switch as
+        `reader_connection_error(authorised=False)`, named for the PaymentIntent state it leaves.
+        """
+        self.reader_connection_error(reader_id, authorised=False, count=count)
+
     def set_authorisation_delay(self, reader_id: str, seconds: float) -> None:
         """How long (simulated) an authorisation takes; `cancel_action` is busy meanwhile."""
         with self._lock:

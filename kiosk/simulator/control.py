@@ -130,6 +130,12 @@ def _connection_error(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]
     return {"id": ids[0], "pending_connection_errors": len(sim.readers.get(ids[0]).connection_errors)}
 
 
+@_route("POST", "/readers/{}/leave_unconfirmed")
+def _leave_unconfirmed(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> Any:
+    sim.reader_leave_unconfirmed(ids[0], count=to_int(body.get("count", 1), "count"))
+    return {"id": ids[0], "pending_connection_errors": len(sim.readers.get(ids[0]).connection_errors)}
+
+
 @_route("POST", "/readers/{}/authorisation_delay")
 def _delay(sim: Simulator, body: dict[str, Any], ids: tuple[str, ...]) -> Any:
     sim.set_authorisation_delay(ids[0], _float(body.get("seconds", 0), "seconds"))
