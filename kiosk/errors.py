@@ -63,8 +63,9 @@ class UpstreamError(KioskError):
     The subclass says what the caller does next. Attributes come from Stripe's answer when there
     was one: `code` (Stripe's error code, or `timeout` / `connection_error`), `http_status`,
     `request_id`, `should_retry` (the `Stripe-Should-Retry` header: True, False or None when
-    absent) and `replayed` (the answer was a replay of an earlier one for the same idempotency key).
-    Messages never contain the API key.
+    absent), `replayed` (the answer was a replay of an earlier one for the same idempotency key),
+    and where they apply `retry_after` (seconds), `decline_code` and `param`. Messages never
+    contain the API key.
     """
 
     def __init__(  # noqa: PLR0913 - the facts Stripe's answer carries
@@ -76,6 +77,9 @@ class UpstreamError(KioskError):
         request_id: str | None = None,
         should_retry: bool | None = None,
         replayed: bool = False,
+        retry_after: float | None = None,
+        decline_code: str | None = None,
+        param: str | None = None,
     ) -> None:
         self.message = message
         self.code = code
@@ -83,6 +87,9 @@ class UpstreamError(KioskError):
         self.request_id = request_id
         self.should_retry = should_retry
         self.replayed = replayed
+        self.retry_after = retry_after
+        self.decline_code = decline_code
+        self.param = param
         super().__init__(message)
 
 
@@ -96,27 +103,6 @@ class Throttled(UpstreamError):  # noqa: N818 - the name is what happened
     `retry_after` is the server's hint in seconds, when it gave one.
     """
 
-    def __init__(  # noqa: PLR0913 - the facts Stripe's answer carries
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        code: str | None = None,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        should_retry: bool | None = None,
-        replayed: bool = False,
-    ) -> None:
-        self.retry_after = retry_after
-        super().__init__(
-            message,
-            code=code,
-            http_status=http_status,
-            request_id=request_id,
-            should_retry=should_retry,
-            replayed=replayed,
-        )
-
 
 class StripeRefused(UpstreamError):  # noqa: N818 - the name is what happened
     """Stripe answered and said no (4xx): decide by `code` (and `decline_code`, `param`).
@@ -124,29 +110,6 @@ class StripeRefused(UpstreamError):  # noqa: N818 - the name is what happened
     Nothing was done by this call, e.g. `terminal_reader_busy`, `terminal_reader_offline`,
     `intent_invalid_state`, `card_declined`, `resource_missing`.
     """
-
-    def __init__(  # noqa: PLR0913 - the facts Stripe's answer carries
-        self,
-        message: str,
-        *,
-        decline_code: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        should_retry: bool | None = None,
-        replayed: bool = False,
-    ) -> None:
-        self.decline_code = decline_code
-        self.param = param
-        super().__init__(
-            message,
-            code=code,
-            http_status=http_status,
-            request_id=request_id,
-            should_retry=should_retry,
-            replayed=replayed,
-        )
 
 
 class StripeAuthError(UpstreamError):
