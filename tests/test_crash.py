@@ -137,7 +137,9 @@ async def test_a_decline_then_approval_survives_a_crash_at(rig: CrashRig, step: 
 async def test_a_cancel_while_the_card_is_being_authorised_survives_a_crash(rig: CrashRig) -> None:
     # The controller cancels while the reader is authorising (cancel_action answers busy); kiosk
     # dies on the way. Whatever the authorisation did, nothing stays held and nothing is charged.
-    rig.sim.set_authorisation_delay(rig.reader, 1.0)
+    # The authorisation lasts long enough that the cancel lands in it even on a loaded machine
+    # (with 1 s, a slow daemon saw the card approved first and never reached cancel_action).
+    rig.sim.set_authorisation_delay(rig.reader, 4.0)
     rig.sim.auto_present(rig.reader, 0.1)
     await rig.start_and_order("after_cancel_action", "o-11", 320)
     await rig.ctl.wait_for("o-11", "awaiting_card")
