@@ -176,8 +176,19 @@ async def test_maintenance_refuses_new_orders_and_survives_a_restart(fleet: tupl
     assert refused["state"] == "rejected"
     assert refused["reason"]["code"] == "maintenance"
     assert refused["reason"]["retryable"] is True
+    before = state["boot_id"]
     rig.daemon.terminate()
     rig.daemon.start()
+    # The run before the restart already reported maintenance (and may still be heard): only a
+    # state from the new run (a new boot id) shows that maintenance survived the restart.
+    await rig.ctl.wait_until(
+        lambda: (
+            (now := rig.ctl.daemon_state) is not None
+            and now["boot_id"] != before
+            and (now["state"], now["payments"], (now.get("reason") or {}).get("code"))
+            == ("online", "unavailable", "maintenance")
+        )
+    )
     reported = await op.wait_for("config/reported", lambda p: p["effective"]["maintenance"]["enabled"])
     assert reported["effective"]["maintenance"]["message"] == "restocking"
     await op.command("set_maintenance", {"enabled": False})
