@@ -185,7 +185,9 @@ async def test_unacknowledged_events_are_sent_again_after_the_timeout_and_acked_
 
     with Journal.open(tmp_path / "kiosk.db") as journal:
         store = FleetStore(journal)
-        outbox = EventOutbox(store, EVENTS, resend_after_s=0.5)
+        # Long enough that the backend's ack of the first event lands before its resend would be
+        # due, even on a loaded machine (with 0.5 s a slow delivery saw it sent twice).
+        outbox = EventOutbox(store, EVENTS, resend_after_s=2.0)
         bus = Bus(MqttSettings(url=broker.url), client_id="kioskd-events")
         async with (
             aiomqtt.Client(broker.host, broker.port, identifier="backend") as backend,
