@@ -172,6 +172,10 @@ class Controller:
             elif topic.endswith("/status"):
                 self.statuses[payload["order_id"]].append(payload)
             self._changed.set()
+            # Let the waiters look before the next message: messages that arrived together are
+            # taken from aiomqtt's queue without a pause, and a short-lived state (`declined`,
+            # re-prompted a few ms later) would otherwise be gone before `wait_for` saw it.
+            await asyncio.sleep(0)
 
     async def request(self, order_id: str, amount: int, currency: str = "usd", **extra: Any) -> str:
         """Publish an order request; returns its message id."""

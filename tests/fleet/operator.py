@@ -48,6 +48,7 @@ class Operator:
                 payload = {"_value": payload}  # a bridge's notification flag is a bare 1 or 0
             self.seen.append((message.topic.value, payload, bool(message.retain)))
             self._changed.set()
+            await asyncio.sleep(0)  # waiters look at each message before the next (as in tests/harness.py)
 
     def on(self, suffix: str) -> list[dict[str, Any]]:
         """Payloads seen on `{base}/{suffix}`."""
