@@ -275,6 +275,9 @@ async def test_the_reconciler_leaves_a_recovered_orders_unrecorded_payment_alone
     # The restarted order waits a backoff (0.5 s) before it sends the create again; the
     # reconciler searches well before that, finds the PI, and must leave it to the order.
     rig.daemon.env["KIOSK_PAYMENTS__RECONCILE_EVERY_S"] = "0.05"
+    # The create sent again is slow too, so the order cannot learn its PI id before the search,
+    # however slowly a loaded machine runs the reconciler's first pass.
+    rig.sim.add_fault(method="POST", path="/v1/payment_intents", latency_s=1.5, count=1)
     rig.daemon.start()
     await rig.ctl.wait_for("o-6", "approved")
     run = rig.daemon.log().rsplit("--- run", 1)[-1]
