@@ -365,7 +365,9 @@ async def test_will_with_a_delay_interval_is_published_once_the_delay_is_over(
     embedded: EmbeddedBroker,
 ) -> None:
     will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
-    will_props.WillDelayInterval = 1
+    # 2 s, not 1: the marker below must overtake the Will even when a loaded machine is slow
+    # to see the drop and send it.
+    will_props.WillDelayInterval = 2
     will = aiomqtt.Will("vend/v1/kioskd/state", b"late", qos=1, properties=will_props)
     async with make_client(embedded, V5) as controller:
         await controller.subscribe("vend/v1/kioskd/state", qos=1)
