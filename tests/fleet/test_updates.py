@@ -308,6 +308,9 @@ async def test_a_signed_update_waits_for_the_open_order_then_commits_once_the_ne
 
     code, out = await console
     assert code == 0, out
+    # The console heard the last update on its own connection: the operator's copy may still
+    # be on its way.
+    await op.wait_for(f"jobs/{job_id}/update", lambda p: (p["status"], p["step"]) == ("SUCCEEDED", "committed"))
     steps = [(p["status"], p["step"]) for p in job_updates(op, job_id)]
     assert steps[0] == ("IN_PROGRESS", "downloading")
     for step in ("verifying", "installing", "waiting_idle", "switching", "health_check"):
@@ -324,7 +327,7 @@ async def test_a_signed_update_waits_for_the_open_order_then_commits_once_the_ne
     # The new release takes orders; the retained job document was cleared by the console.
     await ctl.request("o-after", 300)
     await ctl.wait_for("o-after", "awaiting_card")
-    assert op.last(f"jobs/{job_id}/doc") == {}
+    await op.wait_until(lambda: op.last(f"jobs/{job_id}/doc") == {})
 
 
 async def test_a_broken_release_is_switched_back_and_the_previous_release_reports_the_rollback(
@@ -338,6 +341,8 @@ async def test_a_broken_release_is_switched_back_and_the_previous_release_report
         "--job-id", "broken-1", "--wait", "120",
     )  # fmt: skip
     assert code == 1, out
+    # Heard by the console first, on its own connection: wait for the operator's copy.
+    await op.wait_for("jobs/broken-1/update", lambda p: (p["status"], p["step"]) == ("FAILED", "rolled_back"))
     final = job_updates(op, "broken-1")[-1]
     assert (final["status"], final["step"]) == ("FAILED", "rolled_back")
     assert final["reason"].startswith("not_healthy")
