@@ -490,14 +490,29 @@ class Runner:
             currency=currency,
         )
         topic = f"{self.config.topic_prefix}/order/{order_id}/status"
-        out = [OutboxMessage(topic=topic, payload=messages.dumps(payload), retain=False)]
-        current = await self._current(order_id)
-        if current is not None:
-            out.append(self._republish(current))
-        await self._enqueue(*out)
+        await self._tell(order_id, OutboxMessage(topic=topic, payload=messages.dumps(payload), retain=False))
 
     def _republish(self, order: OrderData) -> OutboxMessage:
         return replace(self._status_message(order), status_seq=None)
+
+    async def _tell(self, order_id: str, *first: OutboxMessage) -> None:
+        """Queue `first`, then the order's current status again, if there is an order.
+
+        A live order's lock is held from reading its status to queueing it, so no newer status can
+        be queued in between: the outbox publishes in order, and the broker must be left holding
+        the latest status as the retained one, never an older one re-published late.
+        """
+        live = self._live.get(order_id)
+        if live is not None:
+            async with live.lock:
+                await self._enqueue(*first, self._republish(live.order))
+            return
+        # Not live: ended (its journal row is final) or unknown. Only the message consumer, which
+        # is here now, could make it live again.
+        stored = await asyncio.to_thread(self._journal.get, order_id)
+        again = [self._republish(decode(stored.data_json))] if stored is not None else []
+        if first or again:
+            await self._enqueue(*first, *again)
 
     async def _current(self, order_id: str) -> OrderData | None:
         live = self._live.get(order_id)
@@ -514,7 +529,7 @@ class Runner:
             current = decode(stored.data_json)
             if stored.request_hash == digest:
                 log.info("order.duplicate_request", order_id=order_id, state=current.state.value)
-                await self._enqueue(self._republish(current))
+                await self._tell(order_id)
             else:
                 log.warning("order.conflict", order_id=order_id)
                 await self._reject(
@@ -615,18 +630,18 @@ class Runner:
             if reply is not None:
                 await self._reject(order_id, reply.code, reply.message, retryable=False, in_reply_to=event.message_id)
             else:
-                await self._enqueue(self._republish(current))
+                await self._tell(order_id)
             return
         async with live.lock:
             before = live.order
             order, reply = core.handle(before, event, self._clock())
             await self._save(live, order, type(event).__name__)
+            if reply is None and order == before:
+                # A duplicate (redelivered) message: the controller hears the current truth again.
+                await self._enqueue(self._republish(order))
         if reply is not None:
             log.info("order.message_refused", order_id=order_id, code=reply.code, problem=reply.message)
             await self._reject(order_id, reply.code, reply.message, retryable=False, in_reply_to=event.message_id)
-        elif order == before:
-            # A duplicate (redelivered) message: the controller hears the current truth again.
-            await self._enqueue(self._republish(order))
         live.wake.set()
 
     async def abandon(self, order_id: str, code: str, message: str) -> bool:
