@@ -479,9 +479,8 @@ def _write_pki(directory: Path) -> dict[str, Path]:
     return files
 
 
-async def test_mqtts_with_a_client_certificate(tmp_path_factory: pytest.TempPathFactory) -> None:
-    workdir = tmp_path_factory.mktemp("mosquitto-tls")
-    pki = await asyncio.to_thread(_write_pki, workdir)
+def tls_broker(workdir: Path, pki: dict[str, Path]) -> tuple[Mosquitto, int]:
+    """A private Mosquitto with a TLS listener that requires a client certificate from `pki`'s CA."""
     tls_port = free_port()
     broker = Mosquitto(
         workdir,
@@ -493,6 +492,13 @@ async def test_mqtts_with_a_client_certificate(tmp_path_factory: pytest.TempPath
             "require_certificate true",
         ],
     )
+    return broker, tls_port
+
+
+async def test_mqtts_with_a_client_certificate(tmp_path_factory: pytest.TempPathFactory) -> None:
+    workdir = tmp_path_factory.mktemp("mosquitto-tls")
+    pki = await asyncio.to_thread(_write_pki, workdir)
+    broker, tls_port = tls_broker(workdir, pki)
     with broker:
         bus = Bus(
             MqttSettings(

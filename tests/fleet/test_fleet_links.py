@@ -10,7 +10,7 @@ from kiosk.fleet import signing
 from kiosk.mosquitto import Mosquitto, free_port
 from tests.fleet.operator import operator
 from tests.harness import Daemon, start_rig
-from tests.test_bus import _write_pki
+from tests.test_bus import _write_pki, tls_broker
 
 pytestmark = pytest.mark.slow
 
@@ -78,17 +78,7 @@ async def test_state_health_events_and_commands_flow_through_a_bridge(tmp_path_f
 async def test_the_fleet_over_mqtts_with_a_client_certificate(tmp_path_factory: pytest.TempPathFactory) -> None:
     workdir = tmp_path_factory.mktemp("mosquitto-tls")
     pki = await asyncio.to_thread(_write_pki, workdir)
-    tls_port = free_port()
-    broker = Mosquitto(
-        workdir,
-        extra_config=[
-            f"listener {tls_port} 127.0.0.1",
-            f"cafile {pki['ca']}",
-            f"certfile {pki['server_cert']}",
-            f"keyfile {pki['server_key']}",
-            "require_certificate true",
-        ],
-    )
+    broker, tls_port = tls_broker(workdir, pki)
     with broker:
         async with operator(broker.host, broker.port) as op:
             settings = {
@@ -110,17 +100,7 @@ async def test_a_broker_that_does_not_trust_the_client_gets_no_fleet(tmp_path_fa
     workdir = tmp_path_factory.mktemp("mosquitto-tls")
     pki = await asyncio.to_thread(_write_pki, workdir)
     other = await asyncio.to_thread(_write_pki, tmp_path_factory.mktemp("other-ca"))
-    tls_port = free_port()
-    broker = Mosquitto(
-        workdir,
-        extra_config=[
-            f"listener {tls_port} 127.0.0.1",
-            f"cafile {pki['ca']}",
-            f"certfile {pki['server_cert']}",
-            f"keyfile {pki['server_key']}",
-            "require_certificate true",
-        ],
-    )
+    broker, tls_port = tls_broker(workdir, pki)
     with broker:
         async with operator(broker.host, broker.port) as op:
             settings = {
