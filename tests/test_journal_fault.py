@@ -28,8 +28,9 @@ async def test_an_order_that_cannot_be_journaled_is_not_acknowledged(rig: CrashR
     rig.daemon.start()
     await rig.ctl.wait_daemon("online")
     db = Path(rig.daemon.env["KIOSK_STATE_DIR"]) / "kiosk.db"
-    # Another writer holds the database (a real SQLite fault): kiosk's save times out.
-    blocker = sqlite3.connect(db, timeout=0, isolation_level=None)
+    # Another writer holds the database (a real SQLite fault): kiosk's save times out. The
+    # blocker waits its turn, as kiosk may be finishing a write of its own (the outbox).
+    blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         await rig.ctl.request("o-1", 250)
