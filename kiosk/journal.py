@@ -3,7 +3,8 @@
 House rules:
 - Every write is ONE transaction (`BEGIN IMMEDIATE` … `COMMIT`) on a WAL database with
   `synchronous=FULL`: once a method returns, the change survives a power cut; if it raises, none of
-  it was written. (One exception, `mark_sent`: a lost mark only means a message published again.)
+  it was written. (One exception, the outbox marks of `mark_sent` and `mark_sent_later`: a lost
+  mark only means a message published again.)
 - The journal does not know the order state machine: it stores the order's state name and the
   whole serialized core state as JSON text, an append-only list of transitions, and an outbox of
   MQTT messages that are published after the commit and forgotten once the broker acknowledged them.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +224,12 @@ class Journal:
         self._clock = clock
         self._lock = threading.Lock()
         self.commits = 0
+        # Outbox rows the open transaction wrote; once it commits they join `_fresh`, where the
+        # publisher takes them without reading the table back (`take_fresh`).
+        self._staged: list[OutboxRow] = []
+        self._fresh: deque[OutboxRow] = deque()
+        # Ids the broker acknowledged, deleted by the next write transaction (`mark_sent_later`).
+        self._marks: deque[int] = deque()
 
     @classmethod
     def in_dir(cls, state_dir: Path, *, clock: Callable[[], float] = time.time) -> Self:
@@ -294,16 +302,24 @@ class Journal:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self._path} cannot start a write ({exc})") from exc
+            marks = [self._marks.popleft() for _ in range(len(self._marks))]
             try:
+                if marks:
+                    # Acknowledged messages ride along with whatever this transaction writes.
+                    self._conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in marks])
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 # Anything at all, including cancellation of the calling thread's task: undo.
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                self._staged.clear()
+                self._marks.extend(marks)
                 if isinstance(exc, sqlite3.Error):
                     raise JournalError(f"journal {self._path} write failed, nothing written ({exc})") from exc
                 raise
+            self._fresh.extend(self._staged)
+            self._staged.clear()
             self.commits += 1
 
     @contextmanager
@@ -458,8 +474,8 @@ class Journal:
         with self._write() as conn:
             return self._enqueue(conn, None, messages, self._clock())
 
-    @staticmethod
     def _enqueue(
+        self,
         conn: sqlite3.Connection,
         order_id: str | None,
         messages: Iterable[OutboxMessage],
@@ -471,16 +487,44 @@ class Journal:
                 "INSERT INTO outbox (order_id, topic, payload, retain, expiry_s, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (order_id, m.topic, m.payload, int(m.retain), m.expiry_s, now),
             )
-            ids.append(int(cursor.lastrowid or 0))
+            row_id = int(cursor.lastrowid or 0)
+            ids.append(row_id)
+            self._staged.append(OutboxRow(row_id, order_id, m.topic, m.payload, m.retain, m.expiry_s, now))
         return ids
+
+    def take_outbox(self) -> list[OutboxRow]:
+        """Every message waiting in the outbox, oldest first; from now on `take_fresh` has the rest.
+
+        For the publisher's start: each message is in exactly one of the two.
+        """
+        with self._lock:
+            rows = self._pending_rows(None)
+            self._fresh.clear()
+        return rows
+
+    def take_fresh(self) -> list[OutboxRow]:
+        """Messages committed since the last `take_outbox` or `take_fresh`, oldest first.
+
+        Reads no table and takes no lock (it never waits for a commit in progress), so the
+        event loop may call it directly.
+        """
+        return [self._fresh.popleft() for _ in range(len(self._fresh))]
 
     def pending_outbox(self, limit: int = 100) -> list[OutboxRow]:
         """Messages not yet acknowledged by the broker, oldest first."""
-        with self._read() as conn:
-            rows = conn.execute(
+        with self._lock:
+            return self._pending_rows(limit)
+
+    def _pending_rows(self, limit: int | None) -> list[OutboxRow]:
+        # Under the lock. Rows whose mark is still held in memory count as sent.
+        marked = set(self._marks)
+        try:
+            rows = self._conn.execute(
                 "SELECT id, order_id, topic, payload, retain, expiry_s, created_at FROM outbox ORDER BY id LIMIT ?",
-                (limit,),
+                (-1 if limit is None else limit,),
             ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self._path} cannot be read ({exc})") from exc
         return [
             OutboxRow(
                 id=row["id"],
@@ -492,6 +536,7 @@ class Journal:
                 created_at=row["created_at"],
             )
             for row in rows
+            if row["id"] not in marked
         ]
 
     def mark_sent(self, ids: Iterable[int]) -> None:
@@ -507,6 +552,26 @@ class Journal:
             return
         with self._write(durable=False) as conn:
             conn.executemany("DELETE FROM outbox WHERE id = ?", batch)
+
+    def mark_sent_later(self, ids: Iterable[int]) -> None:
+        """Like `mark_sent`, but written with the next write transaction, whatever it is.
+
+        The publisher calls this from the event loop for each acknowledged message: no thread
+        hand-off, no commit of its own while orders are being saved. `flush_marks` writes what an
+        idle journal still holds. Until written, a mark is lost in a crash like an unsynced one.
+        """
+        self._marks.extend(ids)
+
+    @property
+    def marks_pending(self) -> int:
+        """Acknowledged messages not yet deleted from the outbox."""
+        return len(self._marks)
+
+    def flush_marks(self) -> None:
+        """Write the marks `mark_sent_later` holds (without an fsync, like `mark_sent`)."""
+        if self._marks:
+            with self._write(durable=False):
+                pass
 
     def outbox_stats(self) -> OutboxStats:
         """Depth of the outbox and when its oldest message was queued."""

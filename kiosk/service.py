@@ -9,6 +9,7 @@ whatever was in flight is resumed (read back from Stripe) at the next start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import time
@@ -40,6 +41,7 @@ log = logs.get("service")
 SHUTDOWN_GRACE_S = 5.0
 UNAVAILABLE_CHECK_S = 10.0  # at most this long between reader checks while payments are unavailable
 RECONCILE_FIRST_S = 5.0
+MARK_FLUSH_S = 1.0  # an idle outbox writes its acknowledged marks after this long
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -78,6 +80,7 @@ class Service:
         self.gateway = Gateway.from_settings(settings)
         self.availability = Availability(settings.stripe.reader_id)
         self._outbox_bell = asyncio.Event()
+        self._states: dict[str, bytes] = {}  # kioskd/state and reader/state not yet published
         self._stop = asyncio.Event()
         self._published_state: tuple[Any, ...] | None = None
         self._published_reader: tuple[Any, ...] | None = None
@@ -175,7 +178,10 @@ class Service:
                 OutboxMessage(f"{self.prefix}/reader/state", messages.dumps(self._reader_payload()), retain=True)
             )
         if out:
-            await asyncio.to_thread(self.journal.enqueue, out)
+            # Published from memory by the outbox task, newest per topic: a state describes this
+            # run alone (a restart announces itself afresh), so it is not journaled.
+            for message in out:
+                self._states[message.topic] = message.payload
             self._outbox_bell.set()
         if self.fleet is not None:
             self.fleet.on_availability(snap)
@@ -235,30 +241,52 @@ class Service:
             message.ack()
 
     async def _publish_outbox(self) -> None:
+        """Publish what the journal queued, in order, then the latest state messages.
+
+        The journal hands over what it commits (`take_fresh`); the table is read once, here at the
+        start. Acknowledged messages are deleted by the journal's next write (`mark_sent_later`),
+        or after MARK_FLUSH_S of quiet.
+        """
         # What the previous run left may have been published already: the marks of its last
         # batch died with it. Send only the newest retained message per topic again, so that no
         # controller sees an order's status go back (an old seq after a newer one).
-        left = await asyncio.to_thread(self.journal.pending_outbox, 10_000)
-        await asyncio.to_thread(self.journal.mark_sent, superseded(left))
+        left = await asyncio.to_thread(self.journal.take_outbox)
+        drop = superseded(left)
+        await asyncio.to_thread(self.journal.mark_sent, drop)
+        dropped = set(drop)
+        queue = collections.deque(row for row in left if row.id not in dropped)
         while True:
             await self.bus.wait_connected()
-            rows = await asyncio.to_thread(self.journal.pending_outbox, 200)
-            if not rows:
+            queue.extend(self.journal.take_fresh())
+            if not queue and not self._states:
                 self._outbox_bell.clear()
-                await self._outbox_bell.wait()
+                await self._quiet_outbox()
                 continue
-            sent: list[int] = []
             try:
-                for row in rows:
+                while queue:
+                    row = queue[0]
                     await self.bus.publish(row.topic, row.payload, qos=1, retain=row.retain, expiry_s=row.expiry_s)
-                    sent.append(row.id)
+                    queue.popleft()
+                    self.journal.mark_sent_later((row.id,))
                     if row.topic.endswith("/status") and b'"state":"approved"' in row.payload:
                         crashpoints.reached("approved_published")
+                for topic, payload in list(self._states.items()):
+                    await self.bus.publish(topic, payload, qos=1, retain=True)
+                    if self._states.get(topic) is payload:
+                        del self._states[topic]
             except BusUnavailable:
                 await asyncio.sleep(0.1)
-            finally:
-                if sent:
-                    await asyncio.to_thread(self.journal.mark_sent, sent)
+
+    async def _quiet_outbox(self) -> None:
+        """Wait for the bell; write the held marks if it stays quiet for MARK_FLUSH_S."""
+        if not self.journal.marks_pending:
+            await self._outbox_bell.wait()
+            return
+        try:
+            async with asyncio.timeout(MARK_FLUSH_S):
+                await self._outbox_bell.wait()
+        except TimeoutError:
+            await asyncio.to_thread(self.journal.flush_marks)
 
     async def _watch_reader(self) -> None:
         """When no order is using the reader, check now and then that it and Stripe answer."""
@@ -330,6 +358,8 @@ class Service:
                 watch.cancel()
                 await asyncio.wait({outbox, watch})
                 await self._say_offline()
+                with contextlib.suppress(JournalError):
+                    await asyncio.to_thread(self.journal.flush_marks)
                 raise _Stopped  # noqa: TRY301 - leaving the task group cancels every task
         except* _Stopped:
             pass
