@@ -162,6 +162,19 @@ def render(sim: Simulator, obj: Any, version: str, now: float) -> Any:
     return obj
 
 
+# The reader action's per-type sub-hashes: an action carries only the one of its type.
+ACTION_BRANCHES = frozenset(
+    {
+        "process_payment_intent",
+        "process_setup_intent",
+        "collect_payment_method",
+        "confirm_payment_intent",
+        "set_reader_display",
+        "refund_payment",
+    }
+)
+
+
 def expand(sim: Simulator, body: Any, paths: list[str]) -> Any:
     """Replace ids by objects along each `expand[]` path, as Stripe does."""
     for path in paths:
@@ -175,20 +188,38 @@ def expand(sim: Simulator, body: Any, paths: list[str]) -> Any:
 
 
 def _expand_one(sim: Simulator, node: Any, parts: list[str], path: str) -> None:
+    """Expand one path; stop quietly where the object has no such branch or a null on the way.
+
+    A reader action of another type (or no action) has nothing to expand there: the path stops,
+    as Stripe stops at a PI without a charge. With `sim.strict_expand` those are refused instead.
+    A property that exists nowhere is refused either way (below a null action too: only the action
+    types' sub-hashes can be there).
+    """
     for i, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
-            raise StripeError(400, f"This property cannot be expanded ({path}).", param="expand")
+        if not isinstance(node, dict):
+            raise _cannot_expand(sim, path)
+        if part not in node:
+            if i > 0 and parts[i - 1] == "action" and part in ACTION_BRANCHES and not sim.strict_expand:
+                return
+            raise _cannot_expand(sim, path)
+        value = node[part]
         if i == len(parts) - 1:
-            value = node[part]
             if isinstance(value, str):
                 node[part] = _lookup(sim, value, path)
             return
-        if isinstance(node[part], str):
-            # An id on the way down is expanded too, as Stripe does (`a.b.c`: b is expanded first).
-            node[part] = _lookup(sim, node[part], path)
-        node = node[part]
-        if node is None:
+        if value is None:
+            if sim.strict_expand or (part == "action" and parts[i + 1] not in ACTION_BRANCHES):
+                raise _cannot_expand(sim, path)
             return
+        if isinstance(value, str):
+            # An id on the way down is expanded too, as Stripe does (`a.b.c`: b is expanded first).
+            node[part] = value = _lookup(sim, value, path)
+        node = value
+
+
+def _cannot_expand(sim: Simulator, path: str) -> StripeError:
+    sim.expand_refusals += 1
+    return StripeError(400, f"This property cannot be expanded ({path}).", param="expand")
 
 
 def _lookup(sim: Simulator, ident: str, path: str) -> Any:
@@ -198,4 +229,4 @@ def _lookup(sim: Simulator, ident: str, path: str) -> Any:
         return dict(sim.intents.charges[ident])
     if ident.startswith("pm_") and ident in sim.intents.methods:
         return dict(sim.intents.methods[ident])
-    raise StripeError(400, f"This property cannot be expanded ({path}).", param="expand")
+    raise _cannot_expand(sim, path)

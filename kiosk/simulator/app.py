@@ -85,6 +85,12 @@ class Simulator:
         self.rate_limiter = RateLimiter()
         self.keys = IdempotencyKeys(idempotency_ttl)
         self.requests_served = 0
+        # Stripe does not document what it does with an `expand[]` path through a branch the
+        # object does not have (a reader action of another type, or no action). By default the
+        # simulator stops there quietly, as Stripe does at a null; `strict_expand = True` refuses
+        # such a path instead (400, `param=expand`), so a client's fallback can be tried.
+        self.strict_expand = False
+        self.expand_refusals = 0  # `expand[]` paths refused (400 "This property cannot be expanded")
         # Inspection hook for benchmarks: called with (method, path) as each API request arrives,
         # on the serving thread, before anything else happens to it; it must be quick.
         self.on_request: Callable[[str, str], None] | None = None
