@@ -2,7 +2,9 @@
 
 House rules:
 - One method call is one HTTP attempt. No retries here (`max_network_retries=0`): after a timeout
-  the next step for that order must be a read, and only the runner knows which read.
+  the next step for that order must be a read, and only the runner knows which read. (One
+  exception, once per process: `retrieve_reader` reads again unexpanded when Stripe refuses its
+  expansion; a read changes nothing.)
 - Every mutating call carries the caller's idempotency key, which the runner persisted before it
   asked (design invariant 8). The gateway never makes up a key.
 - Every call is bounded twice: httpx's timeouts and an `asyncio.timeout` around the whole call, so
@@ -69,6 +71,14 @@ SDK_API_VERSION: str = stripe.api_version
 # From this version PaymentIntents take `allowed_payment_method_types`; from 2026-09-30 the old
 # `payment_method_types` on create is refused (stripe-notes.md, "The flow").
 ALLOWED_TYPES_SINCE = "2026-07-29"
+# The reader actions `collect_payment_method` and `confirm_payment_intent` exist from this version.
+SPLIT_FLOW_SINCE = "2025-06-30"
+# Reader reads ask for the action's PaymentIntent with its latest charge (depth 4, Stripe's
+# maximum), so that a finished action needs no separate PaymentIntent read. A path through a
+# branch the current action does not have (another action type, no action) is expected to stop
+# there, as at a null; Stripe does not document it, so a refusal makes `retrieve_reader` fall back.
+READER_EXPAND = "action.process_payment_intent.payment_intent.latest_charge"
+READER_EXPAND_SPLIT = "action.confirm_payment_intent.payment_intent.latest_charge"
 CancelReason = Literal["abandoned", "duplicate", "fraudulent", "requested_by_customer"]
 _SECRET = re.compile(r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test)_[A-Za-z0-9*]+")
 _KIOSK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -127,13 +137,14 @@ class ReaderAction:
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """A Terminal reader as kiosk sees it."""
+    """A Terminal reader as kiosk sees it; `intent` is the action's PI when the read expanded it."""
 
     id: str
     status: str | None
     device_type: str | None
     serial_number: str | None
     action: ReaderAction | None = None
+    intent: Intent | None = None
 
 
 def _str(value: Any) -> str | None:
@@ -226,15 +237,38 @@ def _action_from_dict(action: Any) -> ReaderAction | None:
     )
 
 
+def _action_intent(action: Any) -> Intent | None:
+    """The action's PaymentIntent when the read expanded it (an id only: None)."""
+    if not isinstance(action, dict) or not isinstance(action.get("type"), str):
+        return None
+    body = action.get(action["type"])
+    pi = body.get("payment_intent") if isinstance(body, dict) else None
+    if not isinstance(pi, dict) or not isinstance(pi.get("id"), str) or not isinstance(pi.get("status"), str):
+        return None
+    return intent_from_dict(pi)
+
+
 def reader_from_dict(data: Mapping[str, Any]) -> Reader:
-    """Translate a terminal.reader's JSON."""
+    """Translate a terminal.reader's JSON (with the action's PaymentIntent expanded or not)."""
     return Reader(
         id=str(data["id"]),
         status=_str(data.get("status")),
         device_type=_str(data.get("device_type")),
         serial_number=_str(data.get("serial_number")),
         action=_action_from_dict(data.get("action")),
+        intent=_action_intent(data.get("action")),
     )
+
+
+def reader_expand_paths(api_version: str) -> tuple[str, ...]:
+    """The `expand[]` of a reader read: each payment action's PI (the split flow's since 2025-06-30)."""
+    if api_version[:10] >= SPLIT_FLOW_SINCE:
+        return (READER_EXPAND, READER_EXPAND_SPLIT)
+    return (READER_EXPAND,)
+
+
+def _expand_refused(error: UpstreamError) -> bool:
+    return isinstance(error, StripeRefused) and error.http_status == 400 and error.param == "expand"
 
 
 def uses_allowed_types(api_version: str) -> bool:
@@ -314,6 +348,8 @@ class Gateway:
             max_network_retries=0,
         )
         self.calls: collections.Counter[str] = collections.Counter()
+        # Emptied for the rest of the process's life if Stripe refuses the expansion.
+        self._reader_expand: tuple[str, ...] = reader_expand_paths(self.api_version)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -457,7 +493,38 @@ class Gateway:
     # -- the reader ----------------------------------------------------------------------------
 
     async def retrieve_reader(self) -> Reader:
-        """Read the reader: its status and current action."""
+        """Read the reader: its status, current action, and the action's PaymentIntent.
+
+        The PI comes expanded (with its latest charge) on the same request. Should Stripe refuse
+        the expansion (400, `param=expand`), the reader is read again without it, at once (a read
+        changes nothing), and never expanded again by this gateway: the caller then gets no
+        `intent` and reads the PI itself. That one time, the call makes two requests.
+        """
+        expand = self._reader_expand
+        if expand:
+            try:
+                reader = await self._call(
+                    "readers.retrieve",
+                    lambda: self._client.v1.terminal.readers.retrieve_async(
+                        self._reader,
+                        params={"expand": list(expand)},
+                    ),
+                    expected=_expand_refused,
+                )
+            except StripeRefused as exc:
+                if not _expand_refused(exc):
+                    raise
+                if self._reader_expand:
+                    self._reader_expand = ()
+                    log.warning(
+                        "gateway.reader_expand_refused",
+                        expand=list(expand),
+                        code=exc.code,
+                        request_id=exc.request_id,
+                        detail=exc.message,
+                    )
+            else:
+                return reader_from_dict(reader.to_dict())
         reader = await self._call(
             "readers.retrieve",
             lambda: self._client.v1.terminal.readers.retrieve_async(self._reader),
@@ -575,7 +642,14 @@ class Gateway:
 
     # -- the edge ------------------------------------------------------------------------------
 
-    async def _call(self, name: str, request: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        name: str,
+        request: Callable[[], Awaitable[T]],
+        *,
+        expected: Callable[[UpstreamError], bool] | None = None,
+    ) -> T:
+        """One attempt; `expected` errors are raised without the `gateway.call_failed` warning."""
         self.calls[name] += 1
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -588,6 +662,8 @@ class Gateway:
             raise error from exc
         except stripe.StripeError as exc:
             error = self._translate(name, exc)
+            if expected is not None and expected(error):
+                raise error from exc
             log.warning(
                 "gateway.call_failed",
                 call=name,

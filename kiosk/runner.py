@@ -154,8 +154,13 @@ def _action_view(action: ReaderAction | None) -> ActionView | None:
 
 
 def reader_view(reader: Reader) -> ReaderView:
-    """The core's view of a reader."""
-    return ReaderView(id=reader.id, status=reader.status or "unknown", action=_action_view(reader.action))
+    """The core's view of a reader, with the action's PaymentIntent when the read carried it."""
+    return ReaderView(
+        id=reader.id,
+        status=reader.status or "unknown",
+        action=_action_view(reader.action),
+        intent=intent_view(reader.intent) if reader.intent is not None else None,
+    )
 
 
 def failure_event(call: Call, exc: UpstreamError) -> CallFailed:
