@@ -230,10 +230,10 @@ class Policy:
     flow: str = "process"  # process | collect_confirm
     # Reader polling while a card is expected: quick at first, slower once the customer dawdles
     # (README, "Polling and the API budget", has the schedule and what it costs per order).
-    poll_first_s: float = 1.0
-    poll_interval_s: float = 1.0
+    poll_first_s: float = 2.0
+    poll_interval_s: float = 2.0
     poll_slow_after_s: float = 15.0
-    poll_slow_s: float = 2.0
+    poll_slow_s: float = 4.0
     # Retrying a step: exponential backoff, and how long one step may take before the order ends.
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 8.0

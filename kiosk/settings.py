@@ -182,7 +182,7 @@ class PaymentSettings(_Section):
     # How often the reader is read while a card is expected: the trade-off between Stripe
     # requests per order (a fleet shares one account's rate limit) and how soon an approval is
     # seen (bench/RESULTS.md measures both sides).
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = 2.0
 
     @field_validator("allowed_brands", "allowed_funding", mode="before")
     @classmethod

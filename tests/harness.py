@@ -95,6 +95,9 @@ class Daemon:
             "KIOSK_STRIPE__API_BASE": api_base,
             "KIOSK_STRIPE__READER_ID": reader_id,
             "KIOSK_PAYMENTS__REQUEST_TIMEOUT_S": "5",
+            # The pace these tests were timed for (the default, 2 s, makes each sale wait longer;
+            # tests/test_polling_budget.py counts the default schedule's reads).
+            "KIOSK_PAYMENTS__POLL_INTERVAL_S": "1",
             "KIOSK_FLEET__ENABLED": "false",
             **{f"KIOSK_{k.upper()}": v for k, v in settings.items()},
         }

@@ -59,5 +59,5 @@ def test_an_order_with_no_card_is_bounded_by_the_card_timeout() -> None:
 
 def test_a_slower_schedule_costs_fewer_reads() -> None:
     quick = order_with_card_at(20.0, Policy(kiosk_id="k1"))[0]
-    slow = order_with_card_at(20.0, Policy(kiosk_id="k1", poll_interval_s=2.0, poll_slow_s=4.0))[0]
+    slow = order_with_card_at(20.0, Policy(kiosk_id="k1", poll_interval_s=4.0, poll_slow_s=8.0))[0]
     assert slow < quick
