@@ -21,6 +21,7 @@ import collections
 import functools
 import re
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
@@ -271,6 +272,14 @@ def _expand_refused(error: UpstreamError) -> bool:
     return isinstance(error, StripeRefused) and error.http_status == 400 and error.param == "expand"
 
 
+_WITH_CHARGE = {"expand": ["latest_charge"]}
+
+
+def _path(collection: str, ident: str, verb: str | None = None) -> str:
+    path = f"/v1/{collection}/{urllib.parse.quote(ident, safe='')}"
+    return f"{path}/{verb}" if verb else path
+
+
 def uses_allowed_types(api_version: str) -> bool:
     """Whether this API version takes `allowed_payment_method_types` on PaymentIntent create."""
     return api_version[:10] >= ALLOWED_TYPES_SINCE
@@ -402,19 +411,14 @@ class Gateway:
             params["payment_method_types"] = methods  # type: ignore[typeddict-unknown-key]
         if description is not None:
             params["description"] = description
-        pi = await self._call(
-            "payment_intents.create",
-            lambda: self._client.v1.payment_intents.create_async(params=params, options={"idempotency_key": key}),
+        return intent_from_dict(
+            await self._send("payment_intents.create", "post", "/v1/payment_intents", params, key=key)
         )
-        return intent_from_dict(pi.to_dict())
 
     async def retrieve_intent(self, pi_id: str) -> Intent:
         """Read a PaymentIntent, with its latest charge (card and `capture_before`)."""
-        pi = await self._call(
-            "payment_intents.retrieve",
-            lambda: self._client.v1.payment_intents.retrieve_async(pi_id, params={"expand": ["latest_charge"]}),
-        )
-        return intent_from_dict(pi.to_dict())
+        data = await self._send("payment_intents.retrieve", "get", _path("payment_intents", pi_id), _WITH_CHARGE)
+        return intent_from_dict(data)
 
     async def search_intents(self, kiosk_id: str, status: str | None = None) -> list[Intent]:
         """PaymentIntents whose `metadata.kiosk_id` is this kiosk (Search lags: recovery only)."""
@@ -444,13 +448,8 @@ class Gateway:
         params: PaymentIntentCaptureParams = {"expand": ["latest_charge"]}
         if amount_to_capture is not None:
             params["amount_to_capture"] = amount_to_capture
-        pi = await self._call(
-            "payment_intents.capture",
-            lambda: self._client.v1.payment_intents.capture_async(
-                pi_id, params=params, options={"idempotency_key": key}
-            ),
-        )
-        return intent_from_dict(pi.to_dict())
+        path = _path("payment_intents", pi_id, "capture")
+        return intent_from_dict(await self._send("payment_intents.capture", "post", path, params, key=key))
 
     async def cancel_intent(self, pi_id: str, *, reason: CancelReason = "abandoned", key: str) -> Intent:
         """Cancel a PaymentIntent; an authorised one has its hold released."""
@@ -458,13 +457,8 @@ class Gateway:
             "cancellation_reason": reason,
             "expand": ["latest_charge"],
         }
-        pi = await self._call(
-            "payment_intents.cancel",
-            lambda: self._client.v1.payment_intents.cancel_async(
-                pi_id, params=params, options={"idempotency_key": key}
-            ),
-        )
-        return intent_from_dict(pi.to_dict())
+        path = _path("payment_intents", pi_id, "cancel")
+        return intent_from_dict(await self._send("payment_intents.cancel", "post", path, params, key=key))
 
     # -- readers of the account ----------------------------------------------------------------
 
@@ -503,13 +497,8 @@ class Gateway:
         expand = self._reader_expand
         if expand:
             try:
-                reader = await self._call(
-                    "readers.retrieve",
-                    lambda: self._client.v1.terminal.readers.retrieve_async(
-                        self._reader,
-                        params={"expand": list(expand)},
-                    ),
-                    expected=_expand_refused,
+                data = await self._send(
+                    "readers.retrieve", "get", self._reader_path(), {"expand": list(expand)}, expected=_expand_refused
                 )
             except StripeRefused as exc:
                 if not _expand_refused(exc):
@@ -524,12 +513,8 @@ class Gateway:
                         detail=exc.message,
                     )
             else:
-                return reader_from_dict(reader.to_dict())
-        reader = await self._call(
-            "readers.retrieve",
-            lambda: self._client.v1.terminal.readers.retrieve_async(self._reader),
-        )
-        return reader_from_dict(reader.to_dict())
+                return reader_from_dict(data)
+        return reader_from_dict(await self._send("readers.retrieve", "get", self._reader_path()))
 
     async def process_intent(
         self,
@@ -540,21 +525,15 @@ class Gateway:
         skip_tipping: bool = True,
     ) -> Reader:
         """Ask the reader to take a card for this PI. The answer only means it got the command."""
-        reader = await self._call(
-            "readers.process_payment_intent",
-            lambda: self._client.v1.terminal.readers.process_payment_intent_async(
-                self._reader,
-                params={
-                    "payment_intent": pi_id,
-                    "process_config": {
-                        "enable_customer_cancellation": enable_customer_cancellation,
-                        "skip_tipping": skip_tipping,
-                    },
-                },
-                options={"idempotency_key": key},
-            ),
-        )
-        return reader_from_dict(reader.to_dict())
+        params = {
+            "payment_intent": pi_id,
+            "process_config": {
+                "enable_customer_cancellation": enable_customer_cancellation,
+                "skip_tipping": skip_tipping,
+            },
+        }
+        path = self._reader_path("process_payment_intent")
+        return reader_from_dict(await self._send("readers.process_payment_intent", "post", path, params, key=key))
 
     async def collect_payment_method(
         self,
@@ -565,41 +544,26 @@ class Gateway:
         skip_tipping: bool = True,
     ) -> Reader:
         """Split flow, step 1: read a card without authorising (confirm or cancel within 30 s)."""
-        reader = await self._call(
-            "readers.collect_payment_method",
-            lambda: self._client.v1.terminal.readers.collect_payment_method_async(
-                self._reader,
-                params={
-                    "payment_intent": pi_id,
-                    "collect_config": {
-                        "enable_customer_cancellation": enable_customer_cancellation,
-                        "skip_tipping": skip_tipping,
-                    },
-                },
-                options={"idempotency_key": key},
-            ),
-        )
-        return reader_from_dict(reader.to_dict())
+        params = {
+            "payment_intent": pi_id,
+            "collect_config": {
+                "enable_customer_cancellation": enable_customer_cancellation,
+                "skip_tipping": skip_tipping,
+            },
+        }
+        path = self._reader_path("collect_payment_method")
+        return reader_from_dict(await self._send("readers.collect_payment_method", "post", path, params, key=key))
 
     async def confirm_intent(self, pi_id: str, *, key: str) -> Reader:
         """Split flow, step 2: authorise the collected card."""
-        reader = await self._call(
-            "readers.confirm_payment_intent",
-            lambda: self._client.v1.terminal.readers.confirm_payment_intent_async(
-                self._reader, params={"payment_intent": pi_id}, options={"idempotency_key": key}
-            ),
-        )
-        return reader_from_dict(reader.to_dict())
+        path = self._reader_path("confirm_payment_intent")
+        params = {"payment_intent": pi_id}
+        return reader_from_dict(await self._send("readers.confirm_payment_intent", "post", path, params, key=key))
 
     async def cancel_action(self, *, key: str) -> Reader:
         """Clear the reader's action (refused with `terminal_reader_busy` during authorisation)."""
-        reader = await self._call(
-            "readers.cancel_action",
-            lambda: self._client.v1.terminal.readers.cancel_action_async(
-                self._reader, options={"idempotency_key": key}
-            ),
-        )
-        return reader_from_dict(reader.to_dict())
+        path = self._reader_path("cancel_action")
+        return reader_from_dict(await self._send("readers.cancel_action", "post", path, key=key))
 
     async def set_display(
         self,
@@ -610,22 +574,16 @@ class Gateway:
         key: str,
     ) -> Reader:
         """Show a cart: `line_items` are (description, amount, quantity). Replaces any action."""
-        reader = await self._call(
-            "readers.set_reader_display",
-            lambda: self._client.v1.terminal.readers.set_reader_display_async(
-                self._reader,
-                params={
-                    "type": "cart",
-                    "cart": {
-                        "currency": currency,
-                        "line_items": [{"description": d, "amount": a, "quantity": q} for d, a, q in line_items],
-                        "total": total,
-                    },
-                },
-                options={"idempotency_key": key},
-            ),
-        )
-        return reader_from_dict(reader.to_dict())
+        params = {
+            "type": "cart",
+            "cart": {
+                "currency": currency,
+                "line_items": [{"description": d, "amount": a, "quantity": q} for d, a, q in line_items],
+                "total": total,
+            },
+        }
+        path = self._reader_path("set_reader_display")
+        return reader_from_dict(await self._send("readers.set_reader_display", "post", path, params, key=key))
 
     async def present_card(self, number: str = "4242424242424242", *, amount_tip: int | None = None) -> Reader:
         """Test mode only: present a card to a simulated reader."""
@@ -641,6 +599,37 @@ class Gateway:
         return reader_from_dict(reader.to_dict())
 
     # -- the edge ------------------------------------------------------------------------------
+
+    def _reader_path(self, verb: str | None = None) -> str:
+        return _path("terminal/readers", self._reader, verb)
+
+    async def _send(  # noqa: PLR0913 - the request, then how it is made
+        self,
+        name: str,
+        method: Literal["get", "post"],
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        expected: Callable[[UpstreamError], bool] | None = None,
+    ) -> dict[str, Any]:
+        """One request through the stripe client; Stripe's JSON answer as plain dicts.
+
+        The client does what it does for its typed calls (authentication, API version, encoding,
+        the idempotency key, errors as StripeError) but builds no StripeObject tree: kiosk reads
+        the answer once, and building one costs more CPU than the rest of the request
+        (bench/RESULTS.md).
+        """
+        args: dict[str, Any] = dict(params or {})
+        if key is not None:
+            args["idempotency_key"] = key
+        response = await self._call(
+            name, lambda: self._client.raw_request_async(method, path, **args), expected=expected
+        )
+        data = response.data
+        if not isinstance(data, dict):
+            raise UnknownOutcome(f"Stripe {name} answered with something other than an object", code="bad_response")
+        return data
 
     async def _call(
         self,
