@@ -4,7 +4,9 @@ One run: the simulator (in this process) with a reader that reads the card at on
 Mosquitto, `kiosk run` polling every 10 ms, and a controller that vends the moment an order is
 approved. After a warm-up, `--orders` orders go through one after another (one reader takes one
 payment at a time). Then `bench/bare_sdk.py` makes the same Stripe calls for the same number of
-payments with the stripe client alone — no MQTT, no journal — against the same simulator.
+payments with the stripe client alone — no MQTT, no journal — against the same simulator: once
+with the client's typed calls (the headline ratio), once with raw requests read as plain JSON,
+as kiosk's gateway makes them (the least a program could do).
 
 Prints: CPU per order (user + system) of both and their ratio; Stripe requests per order of both;
 RSS after start, after the run and at its peak; orders per second (the ceiling: nothing waits on
@@ -48,7 +50,7 @@ async def run_orders(ctl: rig.Controller, prefix: str, count: int, *, pid: int |
     return time.monotonic() - start
 
 
-def bare(url: str, reader: str, orders: int, interval: float) -> dict[str, float]:
+def bare(url: str, reader: str, orders: int, interval: float, *flags: str) -> dict[str, float]:
     """Run bench/bare_sdk.py against the simulator; its own figures as JSON."""
     out = subprocess.run(
         [
@@ -63,6 +65,7 @@ def bare(url: str, reader: str, orders: int, interval: float) -> dict[str, float
             "--poll-interval",
             str(interval),
             "--json",
+            *flags,
         ],
         capture_output=True,
         text=True,
@@ -101,9 +104,13 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
         captured = sum(1 for i in ledger.intents if i.captures)
         kiosk_cpu_ms = (cpu1 - cpu0) * 1000 / args.orders
         kiosk_requests = sum(requests.values()) / args.orders
-        result = {}
+        result: dict[str, float] = {}
+        raw: dict[str, float] = {}
         if not args.no_bare:
-            result = bare(s.url, s.reader, args.bare_orders, float(settings["PAYMENTS__POLL_INTERVAL_S"]))
+            # The same requests as kiosk's: the reader read carries the PaymentIntent.
+            interval = float(settings["PAYMENTS__POLL_INTERVAL_S"])
+            result = bare(s.url, s.reader, args.bare_orders, interval, "--expand")
+            raw = bare(s.url, s.reader, args.bare_orders, interval, "--expand", "--raw")
 
     print(f"machine: {rig.machine()}")
     print(f"orders: {args.orders} completed one after another (after {args.warmup} warm-up), {captured} captured")
@@ -116,6 +123,11 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
             f"  bare SDK script  {result['cpu_ms_per_order']:7.2f} ms   ({result['requests_per_order']:.2f} per order)"
         )
         print(f"  ratio            {kiosk_cpu_ms / result['cpu_ms_per_order']:7.2f} x   (target <= 1.5)")
+        print(
+            f"  bare, raw JSON   {raw['cpu_ms_per_order']:7.2f} ms   ({raw['requests_per_order']:.2f} per order;"
+            f" ratio {kiosk_cpu_ms / raw['cpu_ms_per_order']:.2f} x: the stripe client without StripeObjects,"
+            " as kiosk's gateway uses it)"
+        )
         per_req_k = kiosk_cpu_ms / kiosk_requests
         per_req_b = result["cpu_ms_per_order"] / result["requests_per_order"]
         print(f"  per Stripe request: kiosk {per_req_k:.2f} ms, bare {per_req_b:.2f} ms")
