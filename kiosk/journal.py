@@ -574,10 +574,12 @@ class Journal:
                 pass
 
     def outbox_stats(self) -> OutboxStats:
-        """Depth of the outbox and when its oldest message was queued."""
+        """Depth of the outbox and when its oldest message was queued (acknowledged ones left out)."""
         with self._read() as conn:
-            row = conn.execute("SELECT count(*) AS depth, min(created_at) AS oldest FROM outbox").fetchone()
-        return OutboxStats(depth=row["depth"], oldest_at=row["oldest"])
+            marked = set(self._marks)
+            rows = conn.execute("SELECT id, created_at FROM outbox").fetchall()
+        waiting = [row["created_at"] for row in rows if row["id"] not in marked]
+        return OutboxStats(depth=len(waiting), oldest_at=min(waiting, default=None))
 
     # -- counters and metadata -----------------------------------------------------------------
 

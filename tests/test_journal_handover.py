@@ -62,6 +62,7 @@ def test_marks_ride_along_with_the_next_write(tmp_path: Path) -> None:
         assert journal.marks_pending == 1
         assert journal.commits == commits  # nothing written yet …
         assert [row.topic for row in journal.pending_outbox()] == ["b"]  # … but it counts as sent
+        assert journal.outbox_stats().depth == 1
         journal.set_meta("k", "v")  # any write transaction takes the marks with it
         assert journal.commits == commits + 1
         assert journal.marks_pending == 0
