@@ -19,6 +19,8 @@ House rules of the machine (they are the money-safety invariants of design.md, m
   being authorised is never canceled: kiosk waits (backoff, read again) within the step budget.
   Stripe itself refuses `cancel_action` while a card is being authorised; that refusal, too,
   means wait and compare again, never resend. The other PaymentIntent itself is left alone.
+  An order winding down starts nothing on the reader and clears no stale action; a comparison
+  made before a restart is made again after it.
 - Everything is a pure function of (order data, event, now). No I/O, no clock, no randomness.
 """
 
@@ -54,6 +56,8 @@ from kiosk.model import (
 
 READER_OPS = frozenset({Op.DISPLAY, Op.PROCESS, Op.COLLECT, Op.CONFIRM, Op.CANCEL_ACTION, Op.CLEAR_STALE})
 PAYMENT_ACTIONS = frozenset({"process_payment_intent", "collect_payment_method", "confirm_payment_intent"})
+# Calls made only to start (or confirm) this order's payment: never made once the order winds down.
+STARTING = frozenset({Op.DISPLAY, Op.CLEAR_STALE, Op.PROCESS, Op.COLLECT, Op.CONFIRM})
 # A PaymentIntent in these states is being (or has just been) authorised: its action is never canceled.
 AUTHORISING = frozenset({"processing", "requires_capture"})
 # States in which the reader may be running this order's payment action.
@@ -344,6 +348,14 @@ def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reaso
         case Abandon():
             if not order.terminal and order.goal is None:
                 order = _begin_goal(order, Goal(State.CANCELED, event.code, event.message), now)
+    if order.goal is not None and order.retry_op in STARTING:
+        # A start that was in flight when the wind-down began (its answer unknown, the reader
+        # busy, the key refused) is not sent again: the wind-down's read of the reader decides
+        # (cancel_action only if the action is this order's and running; another PaymentIntent's
+        # action is left alone: nothing of ours is there to clear). Sent again, a start could
+        # begin a payment after the cancel, or, refused busy by another action, be sent again
+        # without end; a stale action's clear would act on a comparison no longer fresh.
+        order = replace(order, retry_op=None)
     return _bump_seq(before, order), reply
 
 
@@ -381,6 +393,9 @@ def _restarted(order: OrderData, now: float) -> OrderData:
     read = Op.READ_READER if order.state is State.AWAITING_CARD else Op.READ_INTENT
     if order.state is State.RECEIVED:
         read = Op.READ_INTENT
+    if order.retry_op is Op.CANCEL_ACTION:
+        # The reader's action was compared before the restart: compare again first.
+        read = Op.READ_READER
     return replace(order, pending_read=read)
 
 

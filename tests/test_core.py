@@ -941,6 +941,27 @@ def test_a_restart_between_the_comparison_and_the_clear_compares_again(d: Driver
     assert d.stripe.cancel_actions == [earlier.id]
 
 
+def test_a_restart_between_the_comparison_and_the_cancel_action_compares_again(d: Driver) -> None:
+    d.start()
+    d.step()
+    d.begin()  # the reader takes the payment; the answer is lost
+    d.cancel()
+    d.send(Restarted())
+    for _ in range(10):
+        _, action = core.plan(d.o, d.now)
+        if isinstance(action, Call) and action.op is Op.CANCEL_ACTION:
+            break
+        d.step()
+    else:
+        raise AssertionError(ops(d))
+    assert d.o.state is State.RECEIVED
+    d.send(Restarted())  # the comparison was saved, the cancel_action not yet planned
+    d.stripe.reboot_reader()  # meanwhile the reader's action ended
+    ended(d, State.CANCELED, "controller_canceled")
+    assert d.stripe.cancel_actions == []
+    assert ops(d)[-2:] == [Op.READ_READER, Op.CANCEL]
+
+
 def test_a_cancel_while_waiting_for_a_stale_authorisation_leaves_it_alone(d: Driver) -> None:
     earlier = d.stripe.stale_payment("processing", authorising="approve")
     d.start()
@@ -950,6 +971,71 @@ def test_a_cancel_while_waiting_for_a_stale_authorisation_leaves_it_alone(d: Dri
     assert d.stripe.cancel_actions == []
     assert d.stripe.cancels == [d.o.intent_id]
     assert earlier.status == "processing"
+
+
+@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize("flow", ["process", "collect_confirm"])
+def test_a_cancel_while_a_stale_action_refuses_the_start_starts_nothing_and_clears_nothing(
+    d: Driver, flow: str, *, restart: bool
+) -> None:
+    earlier = d.stripe.stale_payment()
+    d.start(policy=replace_policy(flow=flow))
+    d.step()
+    start = d.begin()  # refused busy by the earlier action; the answer is still on its way
+    assert isinstance(start, Call)
+    assert start.op is (Op.COLLECT if flow == "collect_confirm" else Op.PROCESS)
+    d.cancel()
+    if restart:
+        d.send(Restarted())  # the answer is lost
+    else:
+        d.finish()
+    ended(d, State.CANCELED, "controller_canceled")
+    assert ops(d).count(start.op) == 1  # a wind-down never starts the payment again
+    assert Op.CLEAR_STALE not in ops(d)
+    assert d.stripe.cancel_actions == []  # the action on the reader was never this order's
+    assert d.stripe.cancels == [d.o.intent_id]
+    assert d.stripe.action is not None
+    assert (d.stripe.action.intent_id, d.stripe.action.status) == (earlier.id, "in_progress")
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_cancel_while_the_start_is_unanswered_clears_the_orders_own_action(d: Driver, *, restart: bool) -> None:
+    d.start()
+    d.step()
+    if not restart:
+        d.stripe.inject("unknown", Op.PROCESS, applied=True)
+    start = d.begin()  # the reader takes it; kiosk does not hear so
+    assert isinstance(start, Call)
+    d.cancel()
+    if restart:
+        d.send(Restarted())
+    else:
+        d.finish()
+    ended(d, State.CANCELED, "controller_canceled")
+    assert ops(d) == [Op.CREATE, Op.PROCESS, Op.READ_READER, Op.CANCEL_ACTION, Op.CANCEL]
+    assert d.stripe.cancel_actions == [d.o.intent_id]
+
+
+def test_a_cancel_while_clearing_a_stale_action_never_clears_it_later(d: Driver) -> None:
+    earlier = d.stripe.stale_payment()
+    d.start()
+    d.stripe.inject("auth", Op.CLEAR_STALE)
+    for _ in range(10):
+        _, action = core.plan(d.o, d.now)
+        if isinstance(action, Call) and action.op is Op.CLEAR_STALE:
+            break
+        d.step()
+    else:
+        raise AssertionError(ops(d))
+    d.begin()  # refused: the API key was rejected
+    d.cancel()
+    d.finish()
+    assert d.stripe.present_card()  # meanwhile a card is authorised on the earlier payment
+    ended(d, State.CANCELED, "controller_canceled")
+    assert len(_clears(d)) == 1  # the comparison is old: the wind-down does not clear
+    assert d.stripe.cancel_actions == []
+    assert d.stripe.cancels == [d.o.intent_id]
+    assert earlier.status == "requires_capture"
 
 
 def test_a_stale_action_on_an_offline_reader_ends_the_order_reader_offline(d: Driver) -> None:
