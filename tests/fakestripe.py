@@ -151,6 +151,8 @@ class FakeStripe:
     captures: list[tuple[str, int]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     cancel_actions: list[str | None] = field(default_factory=list)  # the PI of the action cleared
+    started: list[str] = field(default_factory=list)  # the PI of each payment action the reader took
+    other_read: tuple[int, str] | None = None  # the last read of another PI: (its place in calls, status)
     action: FakeAction | None = None
     offline: bool = False
     hardware_fault: bool = False
@@ -360,6 +362,7 @@ class FakeStripe:
             if other is None or call.target == order.intent_id:
                 self.violations.append(f"read_other_intent of {call.target} for {order.order_id}")
                 return CallFailed(call, Failure.REFUSED, code="resource_missing")
+            self.other_read = (len(self.calls), other.status)
             return CallSucceeded(call, intent=other.view())
         if op is Op.CREATE:
             new = FakeIntent(f"pi_{len(self.intents) + 1}", order.order_id, self.kiosk_id, order.amount, order.currency)
@@ -392,6 +395,7 @@ class FakeStripe:
                     return CallFailed(call, Failure.REFUSED, code="intent_invalid_state")
                 kind = "process_payment_intent" if op is Op.PROCESS else "collect_payment_method"
                 self.action = FakeAction(kind, "in_progress", pi.id)
+                self.started.append(pi.id)
             case Op.CONFIRM:
                 if (
                     a is None
@@ -419,7 +423,21 @@ class FakeStripe:
                     self.violations.append(f"clear_stale_action for {order.order_id} cleared its own action")
                 if owner is not None and owner != call.target:
                     self.violations.append(f"clear_stale_action for {call.target} cleared {owner}'s action")
-                if owner is not None and owner in self.intents and self.intents[owner].status in AUTHORISING:
+                # kiosk clears it only right after reading its PI and finding it not being authorised.
+                # A card can still be authorised in between (the clear then finds the action ended:
+                # that changes nothing for the money), but one being authorised is never cleared.
+                read = self.other_read
+                if read is None or read[0] != len(self.calls) - 1 or self.calls[-2].target != call.target:
+                    self.violations.append(f"clear_stale_action for {call.target} without reading it right before")
+                elif read[1] in AUTHORISING:
+                    self.violations.append(f"clear_stale_action for {call.target} after reading it {read[1]}")
+                if (
+                    owner is not None
+                    and a is not None
+                    and a.status == "in_progress"
+                    and owner in self.intents
+                    and self.intents[owner].status in AUTHORISING
+                ):
                     self.violations.append(f"cleared the action of {owner}, being authorised")
                 self.cancel_actions.append(owner)
                 self.action = None

@@ -10,12 +10,17 @@ have ended with the money right.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, event, settings
+from typing import TYPE_CHECKING
+
+from hypothesis import HealthCheck, currently_in_test_context, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kiosk.model import TERMINAL, Item, Op, Restarted, State, Wait
 from tests.fakestripe import KEY_RE, READER_CALLS, Driver, FaultKind, replace_policy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MUTATING = [op for op in Op if op.mutating]
 REFUSALS = [
@@ -39,6 +44,12 @@ READER_EVENTS = [
     "authorisation_expires",
 ]
 OUTCOMES = ["approve", "approve", "approve", "generic_decline", "insufficient_funds", "incorrect_pin"]
+
+
+def note(text: str) -> None:
+    """Count `text` in Hypothesis' statistics (a replayed sequence runs outside Hypothesis)."""
+    if currently_in_test_context():
+        event(text)
 
 
 class OrderMachine(RuleBasedStateMachine):
@@ -171,9 +182,14 @@ class OrderMachine(RuleBasedStateMachine):
         action = self.d.stripe.action
         if action is not None and action.status == "in_progress":
             return
+        if not self._idle() and self.d.pi is not None and self.d.pi.id in self.d.stripe.started:
+            # Earlier means before this order's own payment reached the reader: after that only
+            # kiosk, which runs one order at a time, puts payments on it. (One put there between
+            # kiosk's read and its cancel_action would be cleared: cancel_action names no action.)
+            return
         # A PI Stripe shows `processing` has a card being authorised: that ends by itself.
         self.d.stripe.stale_payment(status, authorising="approve" if authorising or status == "processing" else None)
-        event("stale action")
+        note("stale action")
 
     # --- the API -------------------------------------------------------------------------------
 
@@ -254,9 +270,9 @@ class OrderMachine(RuleBasedStateMachine):
             if isinstance(action, Wait):
                 d.tick(1.0 if action.until is None else max(action.until - d.now, 0.001))
         assert d.o.state in TERMINAL, f"order stuck in {d.o.state}"
-        event(f"orders {self.count}, last ended {d.o.state}/{d.o.reason.code if d.o.reason else ''}")
-        event(f"{'approved' if State.APPROVED in d.states else 'never approved'}")
-        event(f"captures {len(stripe.captures)}")
+        note(f"orders {self.count}, last ended {d.o.state}/{d.o.reason.code if d.o.reason else ''}")
+        note(f"{'approved' if State.APPROVED in d.states else 'never approved'}")
+        note(f"captures {len(stripe.captures)}")
         assert d.violations == []
         assert stripe.violations == []
         if d.o.state is State.FAILED and d.pi is not None and d.pi.status == "requires_capture":
@@ -272,3 +288,80 @@ OrderMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestOrderMachine = OrderMachine.TestCase
+
+
+# --- Sequences the machine found, replayed step by step ------------------------------------------
+
+
+class Replay:
+    """The machine driven by hand, its invariants checked after each rule as Hypothesis does."""
+
+    def __init__(self) -> None:
+        self.machine = OrderMachine()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        rule = getattr(self.machine, name)
+
+        def step(**kwargs: object) -> None:
+            rule(**kwargs)
+            if name != "teardown":
+                self.machine.money_is_safe()
+                self.machine.at_most_one_intent_and_capture_per_order()
+                self.machine.keys_are_well_formed_and_recorded()
+                self.machine.earlier_orders_stay_settled()
+
+        return step
+
+
+def test_no_stale_action_appears_once_the_order_has_its_own_on_the_reader() -> None:
+    # The wind-down read the reader and saw its own action running; before its cancel_action the
+    # card was approved and a "stale" action appeared in its place. A stale action is an earlier
+    # payment left on the reader: it cannot begin after this order's own action did.
+    state = Replay()
+    state.first_order(amount=500, split=False, vend_at_end=False)
+    state.begin_call()
+    state.finish_call()
+    state.begin_call()
+    state.restart(applied=False)
+    state.begin_call()
+    state.card_approved()
+    state.controller_cancels(msg="c1")
+    state.stale_action_appears(authorising=False, status="requires_payment_method")
+    assert "pi_earlier" not in state.machine.d.stripe.intents
+    state.finish_call()
+    state.begin_call()
+    state.teardown()
+
+
+def test_a_cancel_while_a_stale_action_keeps_the_reader_busy_is_no_busy_loop() -> None:
+    # The start was in flight (refused busy by the stale action) when the controller canceled and
+    # kiosk restarted: the wind-down kept re-sending the start, back to back, under new keys.
+    state = Replay()
+    state.first_order(amount=500, split=False, vend_at_end=False)
+    state.steps(n=1)
+    state.stale_action_appears(authorising=False, status="requires_payment_method")
+    state.begin_call()
+    state.controller_cancels(msg="c1")
+    state.restart(applied=False)
+    state.time_passes(seconds=0.5)
+    state.teardown()
+
+
+def test_a_card_authorised_on_a_stale_action_between_the_read_and_the_clear() -> None:
+    # The earlier payment's PI was read (not being authorised), then a card was presented to the
+    # earlier payment and authorised at once, then its (now ended) action was cleared: nothing
+    # kiosk could have seen, and nothing that moves the earlier payment's money.
+    state = Replay()
+    state.first_order(amount=500, split=False, vend_at_end=False)
+    state.begin_call()
+    state.controller_cancels(msg="c1")
+    state.finish_call()
+    state.begin_call()
+    state.finish_call()
+    state.stale_action_appears(authorising=False, status="requires_payment_method")
+    state.begin_call()
+    state.finish_call()
+    state.new_order(amount=500, expires=None, items=False, split=False)
+    state.steps(n=4)
+    state.teardown()
+    assert state.machine.d.stripe.intents["pi_earlier"].status == "requires_capture"
