@@ -420,13 +420,21 @@ class Gateway:
         data = await self._send("payment_intents.retrieve", "get", _path("payment_intents", pi_id), _WITH_CHARGE)
         return intent_from_dict(data)
 
-    async def search_intents(self, kiosk_id: str, status: str | None = None) -> list[Intent]:
-        """PaymentIntents whose `metadata.kiosk_id` is this kiosk (Search lags: recovery only)."""
+    async def search_intents(
+        self, kiosk_id: str, status: str | None = None, *, open_only: bool = False
+    ) -> list[Intent]:
+        """PaymentIntents whose `metadata.kiosk_id` is this kiosk (Search lags: recovery only).
+
+        `open_only`: only those neither captured nor canceled, so that a kiosk's past sales (one
+        PaymentIntent each) stay out of the answer.
+        """
         if not _KIOSK_ID.fullmatch(kiosk_id) or (status is not None and not status.isidentifier()):
             raise ValueError("kiosk id or status cannot be put into a search query")
         query = f"metadata['kiosk_id']:'{kiosk_id}'"
         if status is not None:
             query += f" AND status:'{status}'"
+        if open_only:
+            query += " AND -status:'succeeded' AND -status:'canceled'"
         found: list[Intent] = []
         page: str | None = None
         for _ in range(_SEARCH_PAGES):

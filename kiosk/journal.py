@@ -12,6 +12,8 @@ House rules:
   connection, shared between threads under a lock.
 - The schema is versioned with `PRAGMA user_version` and only migrates forward; a journal written
   by a newer kiosk is refused rather than misread.
+- Ended orders are kept for a bounded time (`prune`, settings `journal.keep_days`), open orders
+  for as long as they are open.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
 FILENAME = "kiosk.db"
+# SQLite's page cache, per connection, in KiB (`PRAGMA cache_size`; SQLite's default is 2000).
+# Each step of an order touches a few pages at the right edge of each table and index, so a small
+# cache serves it; a larger one only fills with pages of old orders as the journal grows, and that
+# memory is never given back (bench/RESULTS.md, "Memory").
+CACHE_KIB = 512
+# Orders deleted per `prune` transaction: the journal is not held long by any one of them.
+PRUNE_BATCH = 200
 
 # Each entry migrates from version i to i + 1. Append only; never edit a released step.
 MIGRATIONS: tuple[str, ...] = (
@@ -169,6 +178,14 @@ class OutboxRow:
     retain: bool
     expiry_s: int | None
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one `prune` call deleted."""
+
+    orders: int
+    transitions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,6 +598,39 @@ class Journal:
         waiting = [row["created_at"] for row in rows if row["id"] not in marked]
         return OutboxStats(depth=len(waiting), oldest_at=min(waiting, default=None))
 
+    # -- retention -----------------------------------------------------------------------------
+
+    def prune(self, keep_s: float, *, limit: int = PRUNE_BATCH) -> Pruned:
+        """Delete up to `limit` orders that ended more than `keep_s` ago, with their transitions.
+
+        Open orders are never deleted, whatever their age; nor is an ended order with a message
+        still waiting in the outbox (the broker has not acknowledged it): it goes once it is sent.
+        The oldest go first. One transaction, not synced on its own (like `mark_sent`): a power
+        cut may undo it, and the next call deletes them again. Call again while it returns
+        `limit` orders; other writes get their turn in between.
+
+        Once deleted, an order id is unknown: a request reusing it is a new order.
+        """
+        if keep_s < 0 or limit < 1:
+            raise ValueError("keep_s must be at least 0 and limit at least 1")
+        before = self._clock() - keep_s
+        with self._write(durable=False) as conn:
+            ids = [
+                (row[0],)
+                for row in conn.execute(
+                    # The outbox is read once (a list), not once per order.
+                    "SELECT order_id FROM orders WHERE terminal = 1 AND updated_at < ?"
+                    " AND order_id NOT IN (SELECT order_id FROM outbox WHERE order_id IS NOT NULL)"
+                    " ORDER BY updated_at LIMIT ?",
+                    (before, limit),
+                )
+            ]
+            if not ids:
+                return Pruned(orders=0, transitions=0)
+            transitions = conn.executemany("DELETE FROM transitions WHERE order_id = ?", ids).rowcount
+            conn.executemany("DELETE FROM orders WHERE order_id = ?", ids)
+        return Pruned(orders=len(ids), transitions=transitions)
+
     # -- counters and metadata -----------------------------------------------------------------
 
     def next_value(self, name: str) -> int:
@@ -637,6 +687,7 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     # in a power cut, and the broker would already have been told about them.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -32,7 +32,9 @@ OPEN_STATUSES = frozenset(
 class Stripe(Protocol):
     """What the reconciler needs of the gateway."""
 
-    async def search_intents(self, kiosk_id: str, status: str | None = None) -> list[Intent]: ...
+    async def search_intents(
+        self, kiosk_id: str, status: str | None = None, *, open_only: bool = False
+    ) -> list[Intent]: ...
     async def cancel_intent(self, pi_id: str, *, reason: Any = "abandoned", key: str) -> Intent: ...
 
 
@@ -69,7 +71,9 @@ class Reconciler:
             UpstreamError: the search itself failed (try again later).
         """
         async with self._lock:
-            intents = await self._gateway.search_intents(self._kiosk_id)
+            # Only what may still hold money: a kiosk's past sales (thousands after a few weeks)
+            # would fill every answer, cost ten requests a pass and crowd out an orphan.
+            intents = await self._gateway.search_intents(self._kiosk_id, open_only=True)
             released: list[str] = []
             failed: list[str] = []
             for intent in intents:

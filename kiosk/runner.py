@@ -224,7 +224,6 @@ class Runner:
         self._live: dict[str, Live] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self.policy = config.policy
-        self.calls_per_order: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -393,7 +392,6 @@ class Runner:
         gw = self._gateway
         pi = order.intent_id or ""
         key = call.key or ""
-        self.calls_per_order[order.order_id] = self.calls_per_order.get(order.order_id, 0) + 1
         try:
             match call.op:
                 case Op.CREATE:

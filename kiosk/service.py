@@ -24,7 +24,7 @@ from kiosk.fleet import remote_config
 from kiosk.fleet.agent import FleetAgent
 from kiosk.fleet.updates import Updater
 from kiosk.gateway import Gateway
-from kiosk.journal import Journal, OutboxMessage
+from kiosk.journal import PRUNE_BATCH, Journal, OutboxMessage
 from kiosk.model import Call, CallFailed, CallSucceeded, Event, Op, OrderData, Policy
 from kiosk.reconciler import Reconciler
 from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
@@ -42,6 +42,9 @@ SHUTDOWN_GRACE_S = 5.0
 UNAVAILABLE_CHECK_S = 10.0  # at most this long between reader checks while payments are unavailable
 RECONCILE_FIRST_S = 5.0
 MARK_FLUSH_S = 1.0  # an idle outbox writes its acknowledged marks after this long
+PRUNE_EVERY_S = 6 * 3600.0  # ended orders past journal.keep_days are deleted at start, then this often
+PRUNE_PAUSE_S = 0.05  # between two batches of deletions, so that orders' own writes go first
+DAY_S = 86_400.0
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -320,6 +323,26 @@ class Service:
                 log.warning("reconciler.search_failed", code=exc.code)
             await asyncio.sleep(every)
 
+    async def _prune_journal(self) -> None:
+        """Delete ended orders older than `journal.keep_days`, batch by batch; open ones stay."""
+        while True:
+            keep_days = self.settings.journal.keep_days
+            orders = transitions = 0
+            try:
+                while True:
+                    pruned = await asyncio.to_thread(self.journal.prune, keep_days * DAY_S)
+                    orders += pruned.orders
+                    transitions += pruned.transitions
+                    if pruned.orders < PRUNE_BATCH:
+                        break
+                    await asyncio.sleep(PRUNE_PAUSE_S)
+            except JournalError as exc:
+                # Housekeeping only: the orders stay, and the next pass tries again.
+                log.warning("journal.prune_failed", error=str(exc))
+            if orders:
+                log.info("journal.pruned", orders=orders, transitions=transitions, keep_days=keep_days)
+            await asyncio.sleep(PRUNE_EVERY_S)
+
     async def _watchdog(self, interval: float) -> None:
         while True:
             self.notifier.watchdog()
@@ -343,6 +366,7 @@ class Service:
                 outbox = tasks.create_task(self._publish_outbox(), name="outbox")
                 watch = tasks.create_task(self._watch_reader(), name="reader-watch")
                 tasks.create_task(self._reconcile(), name="reconciler")
+                tasks.create_task(self._prune_journal(), name="journal-prune")
                 if self.fleet is not None:
                     tasks.create_task(self.fleet.run(), name="fleet")
                 if self.updates is not None:

@@ -42,6 +42,10 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 READER_ID_PATTERN = re.compile(r"tmr_[A-Za-z0-9]{1,64}")
 API_KEY_PATTERN = re.compile(r"(sk|rk)_(test|live)_[A-Za-z0-9]{8,247}")
 CURRENCY_PATTERN = re.compile(r"[a-z]{3}")
+# journal.keep_days: a week at least (a controller re-sends a request within minutes, and its
+# retained status expires after a day), ten years at most.
+KEEP_DAYS_MIN = 7
+KEEP_DAYS_MAX = 3650
 
 Source = Literal["default", "file", "env", "credential"]
 
@@ -242,6 +246,25 @@ class FleetSettings(_Section):
     update_commit_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 180
 
 
+class JournalSettings(_Section):
+    """How long the journal (in state_dir) keeps orders that ended."""
+
+    # Completed, canceled and failed orders, with their history, are deleted this many days after
+    # they ended: long enough to answer a dispute (card networks allow 120 days) and to recognise a
+    # controller's late duplicate request by its order id. Open orders are never deleted.
+    keep_days: int = 180
+
+    @field_validator("keep_days")
+    @classmethod
+    def _check_keep_days(cls, value: int) -> int:
+        if not KEEP_DAYS_MIN <= value <= KEEP_DAYS_MAX:
+            raise ValueError(
+                f"must be a whole number of days from {KEEP_DAYS_MIN} to {KEEP_DAYS_MAX}; an order id"
+                " is recognised as a duplicate only while its ended order is kept"
+            )
+        return value
+
+
 def _default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     # systemd's StateDirectory= may list several directories, separated by colons: ours is first.
@@ -261,6 +284,7 @@ class Settings(BaseSettings):
     stripe: StripeSettings
     payments: PaymentSettings = PaymentSettings()
     fleet: FleetSettings = FleetSettings()
+    journal: JournalSettings = JournalSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -139,6 +139,8 @@ def test_wal_and_synchronous_full_are_set(db: Path) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
+        # A bounded page cache: SQLite's default (2 MB) fills with old orders as the journal grows.
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -512
 
 
 def test_journal_from_a_newer_kiosk_is_refused(db: Path) -> None:

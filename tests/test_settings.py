@@ -183,6 +183,9 @@ INVALID_ENV: list[tuple[dict[str, str | None], str, str]] = [
     ({"KIOSK_STRIPE__API_VERSION": "latest"}, "stripe.api_version", "not a Stripe API version"),
     ({"KIOSK_FLEET__ENABLED": "maybe"}, "fleet.enabled", "valid boolean"),
     ({"KIOSK_FLEET__HEALTH_PERIOD_S": "5"}, "fleet.health_period_s", "10"),
+    ({"KIOSK_JOURNAL__KEEP_DAYS": "1"}, "journal.keep_days", "'1' must be a whole number of days from 7 to 3650"),
+    ({"KIOSK_JOURNAL__KEEP_DAYS": "5000"}, "journal.keep_days", "from 7 to 3650"),
+    ({"KIOSK_JOURNAL__KEEP_DAYS": "90d"}, "journal.keep_days", "valid integer"),
     ({"KIOSK_MQTT__HOTS": "x"}, "mqtt.hots", "is not a setting kiosk knows"),
     ({"KIOSK_PAYMENT__CARD_TIMEOUT_S": "5"}, "payment", "is not a setting kiosk knows"),
 ]
@@ -196,6 +199,21 @@ def test_each_invalid_value_is_one_sentence_naming_its_key(change: dict[str, str
     assert says in problem
     assert "\n" not in problem
     assert API_KEY not in problem
+
+
+def test_journal_retention_is_180_days_unless_set() -> None:
+    assert load(None, environ=REQUIRED).settings.journal.keep_days == 180
+    env = REQUIRED | {"KIOSK_JOURNAL__KEEP_DAYS": "90"}
+    assert load(None, environ=env).settings.journal.keep_days == 90
+
+
+def test_a_too_short_retention_says_why() -> None:
+    assert problems(None, REQUIRED | {"KIOSK_JOURNAL__KEEP_DAYS": "3"}) == [
+        (
+            "journal.keep_days (from KIOSK_JOURNAL__KEEP_DAYS): '3' must be a whole number of days from 7 to 3650;"
+            " an order id is recognised as a duplicate only while its ended order is kept"
+        )
+    ]
 
 
 def test_a_value_from_the_environment_names_its_variable() -> None:
@@ -246,6 +264,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ("max_amount = 2.5\n", "max_amount", "integer"),
         ("max_amount = 1e9\n", "max_amount", "less than or equal to 99999999"),
         ('[fleet]\nenabled = "yes please"\n', "fleet.enabled", "boolean"),
+        ("[journal]\nkeep_days = 90.5\n", "journal.keep_days", "integer"),
+        ("[journal]\nkeep_days = 0\n", "journal.keep_days", "from 7 to 3650"),
         ('mqtt = "mqtt://127.0.0.1"\n', "mqtt", "has the wrong type"),
         ("debug = true\n", "debug", "is not a setting kiosk knows"),
         ("[stripe]\napi_secret = 1\n", "stripe.api_secret", "is not a setting kiosk knows"),
@@ -377,6 +397,7 @@ def test_the_example_sets_nothing_and_holds_no_secret() -> None:
         "stripe": {},
         "payments": {},
         "fleet": {},
+        "journal": {},
     }
     keys = example_keys()
     assert not settings.SECRET_KEYS & keys.keys()
