@@ -1,4 +1,4 @@
-"""The latency kiosk adds on each leg of a sale, at the default reader polling (1 s) unless told.
+"""The latency kiosk adds on each leg of a sale, at the default reader polling (2 s) unless told.
 
 The simulator runs in this process and logs each request's arrival on the monotonic clock; the
 controller timestamps what it publishes and receives on the same clock. Per order:
@@ -13,7 +13,7 @@ controller timestamps what it publishes and receives on the same clock. Per orde
 Prints p50, p99 and max of each. The "approved" leg is bounded below by the polling interval:
 kiosk learns of the card at its next reader read.
 
-    .venv/bin/python bench/latency.py [--orders 150] [--poll-interval 1.0]
+    .venv/bin/python bench/latency.py [--orders 150] [--poll-interval 2.0]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=150)
-    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--poll-interval", type=float, default=2.0)
     parser.add_argument("--present-after", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=7)
     asyncio.run(main_async(parser.parse_args()))

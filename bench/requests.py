@@ -6,7 +6,7 @@ and `kiosk run`; the cases run side by side. The simulator presents the card `af
 after the reader got the payment; the controller vends at once. Every request the simulator
 receives from the order's request to its `completed` status counts.
 
-    .venv/bin/python bench/requests.py [--orders 3] [--poll-interval 1.0 2.0] [--after 2 5 20]
+    .venv/bin/python bench/requests.py [--orders 3] [--poll-interval 2.0 1.0] [--after 2 5 20]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=3)
-    parser.add_argument("--poll-interval", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--poll-interval", type=float, nargs="+", default=[2.0, 1.0])
     parser.add_argument("--after", type=float, nargs="+", default=[2.0, 5.0, 20.0])
     asyncio.run(main_async(parser.parse_args()))
 
