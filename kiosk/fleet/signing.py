@@ -4,6 +4,9 @@ The signed bytes are the payload without its `sig` field, serialised with sorted
 whitespace and UTF-8 (`canonical`); `sig` is the signature in standard base64. The public key in
 `fleet.signing_public_key` is the raw 32-byte Ed25519 key in base64; the operator keeps the
 private key as PKCS#8 PEM (`kiosk fleet keygen`).
+
+`cryptography` (about 10 MB resident) is imported by the first function that needs a key, not
+with this module: a kiosk with no signing key configured never loads it.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from kiosk.errors import ConfigError, KioskError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
 class SigningError(KioskError):
@@ -36,6 +38,8 @@ def public_key(text: str) -> Ed25519PublicKey:
     Raises:
         ConfigError: not base64 of 32 bytes.
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415 - see above
+
     try:
         raw = base64.b64decode(text.strip(), validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
@@ -52,12 +56,16 @@ def public_key(text: str) -> Ed25519PublicKey:
 
 def public_key_text(key: Ed25519PublicKey) -> str:
     """The base64 form `fleet.signing_public_key` takes."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see above
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
 
 
 def verify(payload: dict[str, Any], key: Ed25519PublicKey) -> bool:
     """Whether `payload["sig"]` is a valid signature of the rest of the payload."""
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see above
+
     sig = payload.get("sig")
     if not isinstance(sig, str):
         return False
@@ -79,11 +87,15 @@ def sign(payload: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 
 def generate() -> Ed25519PrivateKey:
     """A new private key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415 - see above
+
     return Ed25519PrivateKey.generate()
 
 
 def private_pem(key: Ed25519PrivateKey) -> bytes:
     """The private key as unencrypted PKCS#8 PEM (keep the file private)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see above
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -95,6 +107,9 @@ def load_private(pem: bytes) -> Ed25519PrivateKey:
     Raises:
         SigningError: not an unencrypted Ed25519 private key.
     """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see above
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
