@@ -22,8 +22,6 @@ from kiosk import logs
 from kiosk.fleet import payloads, signing
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from kiosk.fleet.store import FleetStore
 
 log = logs.get("fleet")
@@ -66,7 +64,7 @@ class Desk:
         self,
         store: FleetStore,
         respond: Respond,
-        key: Ed25519PublicKey | None,
+        key: signing.VerifyKey | None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -32,17 +32,37 @@ def canonical(payload: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def public_key(text: str) -> Ed25519PublicKey:
-    """The Ed25519 public key from its base64 form.
+class VerifyKey:
+    """The fleet's public key as its 32 raw bytes; cryptography's key is made at the first verify."""
+
+    __slots__ = ("_key", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != PUBLIC_KEY_BYTES:
+            raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes, not {len(raw)}")
+        self.raw = raw
+        self._key: Ed25519PublicKey | None = None
+
+    def key(self) -> Ed25519PublicKey:
+        """The key object of the cryptography package (imported the first time)."""
+        if self._key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
+
+            self._key = Ed25519PublicKey.from_public_bytes(self.raw)
+        return self._key
+
+
+PUBLIC_KEY_BYTES = 32
+
+
+def public_key(text: str) -> VerifyKey:
+    """The Ed25519 public key from its base64 form (checked here, loaded at the first verify).
 
     Raises:
         ConfigError: not base64 of 32 bytes.
     """
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415 - see above
-
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
+        return VerifyKey(base64.b64decode(text.strip(), validate=True))
     except (binascii.Error, ValueError):
         raise ConfigError(
             [
@@ -62,13 +82,15 @@ def public_key_text(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw).decode()
 
 
-def verify(payload: dict[str, Any], key: Ed25519PublicKey) -> bool:
+def verify(payload: dict[str, Any], key: VerifyKey | Ed25519PublicKey) -> bool:
     """Whether `payload["sig"]` is a valid signature of the rest of the payload."""
     from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see above
 
     sig = payload.get("sig")
     if not isinstance(sig, str):
         return False
+    if isinstance(key, VerifyKey):
+        key = key.key()
     try:
         key.verify(base64.b64decode(sig, validate=True), canonical(payload))
     except (binascii.Error, ValueError, InvalidSignature, TypeError):

@@ -51,8 +51,6 @@ from kiosk.fleet.agent import EXIT_RESTART
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from kiosk.fleet.agent import FleetAgent, Host
     from kiosk.settings import Settings
 
@@ -329,7 +327,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_wheel(job: Job, doc: dict[str, Any], wheel: Path, key: Ed25519PublicKey | None) -> str | None:
+def check_wheel(job: Job, doc: dict[str, Any], wheel: Path, key: signing.VerifyKey | None) -> str | None:
     """Why the downloaded wheel must not be installed (size, sha256, the job's signature), or None."""
     size = wheel.stat().st_size
     if size != job.artifact.size:

@@ -16,6 +16,17 @@ def test_the_daemon_and_its_fleet_agent_import_without_cryptography() -> None:
     assert not _loaded_after("import kiosk.cli, kiosk.service, kiosk.fleet.agent, kiosk.fleet.updates")
 
 
+def test_a_configured_public_key_is_checked_without_it_and_loads_it_at_the_first_verify() -> None:
+    key = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+    assert not _loaded_after(f"from kiosk.fleet import signing\nsigning.public_key({key!r})")
+    assert _loaded_after(
+        f"from kiosk.fleet import signing\nsigning.verify({{'sig': 'AA=='}}, signing.public_key({key!r}))"
+    )
+    bad = "from kiosk.errors import ConfigError\nfrom kiosk.fleet import signing\n"
+    bad += "try:\n    signing.public_key('c2hvcnQ=')\nexcept ConfigError:\n    pass\nelse:\n    raise SystemExit(1)"
+    assert not _loaded_after(bad)  # 5 bytes: refused without loading it
+
+
 def test_a_key_loads_it_and_signatures_still_verify() -> None:
     code = (
         "from kiosk.fleet import signing\n"
