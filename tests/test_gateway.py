@@ -32,8 +32,8 @@ from kiosk.gateway import (
     reader_from_dict,
     uses_allowed_types,
 )
-from kiosk.simulator import Simulator
 from tests.conftest import SHARED
+from tests.simgateway import SimRig, sim_gateway
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -642,30 +642,10 @@ async def test_present_card_is_the_test_helper(stub: StubStripe, gw: Gateway) ->
 # -- against the simulator: the whole flow, the real client, real HTTP ---------------------------
 
 
-@dataclass
-class SimRig:
-    sim: Simulator
-    gw: Gateway
-    reader: str
-    url: str
-
-
 @pytest.fixture(name="rig")
 async def fixture_rig() -> AsyncIterator[SimRig]:
-    sim = Simulator(seed=0)
-    reader = sim.register_reader("simulated-wpe")
-    async with sim.serve() as endpoint:
-        gw = Gateway(
-            api_key=SecretStr(API_KEY),
-            api_base=endpoint.url,
-            api_version=None,
-            reader_id=reader,
-            request_timeout_s=5,
-        )
-        try:
-            yield SimRig(sim, gw, reader, endpoint.url)
-        finally:
-            await gw.close()
+    async with sim_gateway(api_key=API_KEY) as rig:
+        yield rig
 
 
 async def test_sim_process_present_capture(rig: SimRig) -> None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from kiosk.errors import StripeRefused
 from kiosk.gateway import READER_EXPAND, READER_EXPAND_SPLIT, Gateway, reader_expand_paths
 from kiosk.runner import reader_view
-from kiosk.simulator import Simulator
 from tests.faultrig import Lane, lane, money_problems, with_policy
+from tests.simgateway import SimRig as Rig
+from tests.simgateway import sim_gateway
 from tests.simulator.schema import LATER_ADDITIONS, OPENAPI
 
 if TYPE_CHECKING:
@@ -33,29 +32,10 @@ API_KEY = "sk_test_kioskReaderExpand000000000"
 DECLINED = "4000000000000002"
 
 
-@dataclass
-class Rig:
-    sim: Simulator
-    gw: Gateway
-    reader: str
-
-
 @pytest.fixture(name="rig")
 async def fixture_rig() -> AsyncIterator[Rig]:
-    sim = Simulator(seed=5)
-    reader = sim.register_reader("simulated-wpe")
-    async with sim.serve() as endpoint:
-        gw = Gateway(
-            api_key=SecretStr(API_KEY),
-            api_base=endpoint.url,
-            api_version=None,
-            reader_id=reader,
-            request_timeout_s=5,
-        )
-        try:
-            yield Rig(sim, gw, reader)
-        finally:
-            await gw.close()
+    async with sim_gateway(seed=5, api_key=API_KEY) as rig:
+        yield rig
 
 
 async def new_intent(gw: Gateway, key: str) -> str:
