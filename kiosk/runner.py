@@ -498,12 +498,13 @@ class Runner:
     def _republish(self, order: OrderData) -> OutboxMessage:
         return replace(self._status_message(order), status_seq=None)
 
-    async def _tell(self, order_id: str, *first: OutboxMessage) -> None:
+    async def _tell(self, order_id: str, *first: OutboxMessage, known: OrderData | None = None) -> None:
         """Queue `first`, then the order's current status again, if there is an order.
 
         A live order's lock is held from reading its status to queueing it, so no newer status can
         be queued in between: the outbox publishes in order, and the broker must be left holding
-        the latest status as the retained one, never an older one re-published late.
+        the latest status as the retained one, never an older one re-published late. `known` is
+        the order as the caller just read it from the journal, when it did (not read again).
         """
         live = self._live.get(order_id)
         if live is not None:
@@ -512,8 +513,8 @@ class Runner:
             return
         # Not live: ended (its journal row is final) or unknown. Only the message consumer, which
         # is here now, could make it live again.
-        stored = await asyncio.to_thread(self._journal.get, order_id)
-        again = [self._republish(decode(stored.data_json))] if stored is not None else []
+        current = known if known is not None else await self._current(order_id)
+        again = [self._republish(current)] if current is not None else []
         if first or again:
             await self._enqueue(*first, *again)
 
@@ -532,7 +533,7 @@ class Runner:
             current = decode(stored.data_json)
             if stored.request_hash == digest:
                 log.info("order.duplicate_request", order_id=order_id, state=current.state.value)
-                await self._tell(order_id)
+                await self._tell(order_id, known=current)
             else:
                 log.warning("order.conflict", order_id=order_id)
                 await self._reject(
@@ -633,7 +634,7 @@ class Runner:
             if reply is not None:
                 await self._reject(order_id, reply.code, reply.message, retryable=False, in_reply_to=event.message_id)
             else:
-                await self._tell(order_id)
+                await self._tell(order_id, known=current)
             return
         async with live.lock:
             before = live.order
