@@ -514,8 +514,8 @@ class Journal:
 
         For the publisher's start: each message is in exactly one of the two.
         """
-        with self._lock:
-            rows = self._pending_rows(None)
+        with self._read() as conn:
+            rows = self._pending_rows(conn, None)
             self._fresh.clear()
         return rows
 
@@ -529,19 +529,16 @@ class Journal:
 
     def pending_outbox(self, limit: int = 100) -> list[OutboxRow]:
         """Messages not yet acknowledged by the broker, oldest first."""
-        with self._lock:
-            return self._pending_rows(limit)
+        with self._read() as conn:
+            return self._pending_rows(conn, limit)
 
-    def _pending_rows(self, limit: int | None) -> list[OutboxRow]:
-        # Under the lock. Rows whose mark is still held in memory count as sent.
+    def _pending_rows(self, conn: sqlite3.Connection, limit: int | None) -> list[OutboxRow]:
+        # Inside `_read`. Rows whose mark is still held in memory count as sent.
         marked = set(self._marks)
-        try:
-            rows = self._conn.execute(
-                "SELECT id, order_id, topic, payload, retain, expiry_s, created_at FROM outbox ORDER BY id LIMIT ?",
-                (-1 if limit is None else limit,),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal {self._path} cannot be read ({exc})") from exc
+        rows = conn.execute(
+            "SELECT id, order_id, topic, payload, retain, expiry_s, created_at FROM outbox ORDER BY id LIMIT ?",
+            (-1 if limit is None else limit,),
+        ).fetchall()
         return [
             OutboxRow(
                 id=row["id"],
@@ -593,9 +590,7 @@ class Journal:
     def outbox_stats(self) -> OutboxStats:
         """Depth of the outbox and when its oldest message was queued (acknowledged ones left out)."""
         with self._read() as conn:
-            marked = set(self._marks)
-            rows = conn.execute("SELECT id, created_at FROM outbox").fetchall()
-        waiting = [row["created_at"] for row in rows if row["id"] not in marked]
+            waiting = [row.created_at for row in self._pending_rows(conn, None)]
         return OutboxStats(depth=len(waiting), oldest_at=min(waiting, default=None))
 
     # -- retention -----------------------------------------------------------------------------
