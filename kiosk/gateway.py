@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import re
 import sys
 import urllib.parse
@@ -441,12 +440,9 @@ class Gateway:
             params: PaymentIntentSearchParams = {"query": query, "limit": 100}
             if page is not None:
                 params["page"] = page
-            result = await self._call(
-                "payment_intents.search",
-                functools.partial(self._client.v1.payment_intents.search_async, params=params),
-            )
-            found.extend(intent_from_dict(pi.to_dict()) for pi in result.data)
-            page = result.next_page if result.has_more else None
+            result = await self._send("payment_intents.search", "get", "/v1/payment_intents/search", params)
+            found.extend(intent_from_dict(pi) for pi in result.get("data") or () if isinstance(pi, dict))
+            page = _str(result.get("next_page")) if result.get("has_more") else None
             if not page:
                 break
         return found
@@ -533,15 +529,8 @@ class Gateway:
         skip_tipping: bool = True,
     ) -> Reader:
         """Ask the reader to take a card for this PI. The answer only means it got the command."""
-        params = {
-            "payment_intent": pi_id,
-            "process_config": {
-                "enable_customer_cancellation": enable_customer_cancellation,
-                "skip_tipping": skip_tipping,
-            },
-        }
-        path = self._reader_path("process_payment_intent")
-        return reader_from_dict(await self._send("readers.process_payment_intent", "post", path, params, key=key))
+        config = {"enable_customer_cancellation": enable_customer_cancellation, "skip_tipping": skip_tipping}
+        return await self._take_card("process_payment_intent", "process_config", pi_id, config, key)
 
     async def collect_payment_method(
         self,
@@ -552,15 +541,14 @@ class Gateway:
         skip_tipping: bool = True,
     ) -> Reader:
         """Split flow, step 1: read a card without authorising (confirm or cancel within 30 s)."""
-        params = {
-            "payment_intent": pi_id,
-            "collect_config": {
-                "enable_customer_cancellation": enable_customer_cancellation,
-                "skip_tipping": skip_tipping,
-            },
-        }
-        path = self._reader_path("collect_payment_method")
-        return reader_from_dict(await self._send("readers.collect_payment_method", "post", path, params, key=key))
+        config = {"enable_customer_cancellation": enable_customer_cancellation, "skip_tipping": skip_tipping}
+        return await self._take_card("collect_payment_method", "collect_config", pi_id, config, key)
+
+    async def _take_card(self, action: str, config_name: str, pi_id: str, config: dict[str, bool], key: str) -> Reader:
+        params = {"payment_intent": pi_id, config_name: config}
+        return reader_from_dict(
+            await self._send(f"readers.{action}", "post", self._reader_path(action), params, key=key)
+        )
 
     async def confirm_intent(self, pi_id: str, *, key: str) -> Reader:
         """Split flow, step 2: authorise the collected card."""
