@@ -13,37 +13,7 @@ import pytest
 
 from kiosk.errors import JournalError
 from kiosk.journal import FILENAME, SCHEMA_VERSION, Journal, OutboxMessage
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def status(order_id: str, seq: int) -> OutboxMessage:
-    return OutboxMessage(
-        topic=f"vend/v1/order/{order_id}/status",
-        payload=f'{{"order_id":"{order_id}","seq":{seq}}}'.encode(),
-        retain=True,
-        expiry_s=86_400,
-        status_seq=seq,
-    )
-
-
-def new_order(journal: Journal, order_id: str) -> int:
-    return journal.save(
-        order_id,
-        request_hash="h-" + order_id,
-        request_json=f'{{"order_id":"{order_id}","amount":250}}',
-        state="received",
-        terminal=False,
-        data_json='{"state":"received"}',
-        transition=(None, "received", "request"),
-        outbox=[status(order_id, 1)],
-    )
+from tests.journalkit import Clock, new_order, status
 
 
 @pytest.fixture(name="db")

@@ -21,6 +21,7 @@ from kiosk.journal import FILENAME, PRUNE_BATCH, Journal, OutboxMessage
 from kiosk.model import Policy
 from kiosk.runner import Runner, RunnerConfig
 from tests.harness import start_rig
+from tests.journalkit import Clock, new_order, status
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,37 +31,7 @@ if TYPE_CHECKING:
 DAY_S = 86_400.0
 KEEP_S = 180 * DAY_S
 PREFIX = "vend/v1"
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def status(order_id: str, seq: int) -> OutboxMessage:
-    return OutboxMessage(
-        topic=f"{PREFIX}/order/{order_id}/status",
-        payload=f'{{"order_id":"{order_id}","seq":{seq}}}'.encode(),
-        retain=True,
-        expiry_s=86_400,
-        status_seq=seq,
-    )
-
-
-def new_order(journal: Journal, order_id: str) -> None:
-    journal.save(
-        order_id,
-        request_hash="h-" + order_id,
-        request_json=f'{{"order_id":"{order_id}","amount":250}}',
-        state="received",
-        terminal=False,
-        data_json='{"state":"received"}',
-        transition=(None, "received", "request"),
-        outbox=[status(order_id, 1)],
-    )
+NOW = 1_800_000_000.0  # 2027: after the test requests' expires_at
 
 
 def end_order(journal: Journal, order_id: str) -> None:
@@ -95,7 +66,7 @@ def fixture_db(tmp_path: Path) -> Path:
 
 
 def test_ended_orders_go_after_the_retention_with_their_history(db: Path) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     with Journal.open(db, clock=clock) as journal:
         new_order(journal, "old")
         end_order(journal, "old")
@@ -122,7 +93,7 @@ def test_ended_orders_go_after_the_retention_with_their_history(db: Path) -> Non
 
 
 def test_an_open_order_is_never_pruned_however_old(db: Path) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     with Journal.open(db, clock=clock) as journal:
         new_order(journal, "open")
         new_order(journal, "ended")
@@ -136,7 +107,7 @@ def test_an_open_order_is_never_pruned_however_old(db: Path) -> None:
 
 
 def test_an_ended_order_stays_while_a_message_of_it_waits_in_the_outbox(db: Path) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     with Journal.open(db, clock=clock) as journal:
         new_order(journal, "o1")
         end_order(journal, "o1")
@@ -153,7 +124,7 @@ def test_an_ended_order_stays_while_a_message_of_it_waits_in_the_outbox(db: Path
 
 
 def test_messages_of_no_order_are_left_alone(db: Path) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     with Journal.open(db, clock=clock) as journal:
         journal.enqueue([OutboxMessage(topic=f"{PREFIX}/kioskd/state", payload=b"online", retain=True)])
         new_order(journal, "o1")
@@ -165,7 +136,7 @@ def test_messages_of_no_order_are_left_alone(db: Path) -> None:
 
 
 def test_pruning_goes_in_batches_oldest_first(db: Path) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     with Journal.open(db, clock=clock) as journal:
         for n in range(5):
             new_order(journal, f"o{n}")
@@ -213,7 +184,7 @@ def statuses(journal: Journal, order_id: str) -> list[dict[str, Any]]:
 
 
 async def test_a_repeated_request_is_a_duplicate_while_kept_and_a_new_order_once_pruned(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     journal = Journal.open(tmp_path / FILENAME, clock=clock)
     # Never called: every order here ends before it reaches Stripe.
     gateway = Gateway(

@@ -1,0 +1,40 @@
+"""Journal test helpers: an injected clock, a status message, a new order saved as the runner saves it."""
+
+from __future__ import annotations
+
+from kiosk.journal import Journal, OutboxMessage
+
+
+class Clock:
+    """Wall-clock seconds that the test sets (`clock.now += …`)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def status(order_id: str, seq: int) -> OutboxMessage:
+    """The order's status message `seq`, as the runner queues it."""
+    return OutboxMessage(
+        topic=f"vend/v1/order/{order_id}/status",
+        payload=f'{{"order_id":"{order_id}","seq":{seq}}}'.encode(),
+        retain=True,
+        expiry_s=86_400,
+        status_seq=seq,
+    )
+
+
+def new_order(journal: Journal, order_id: str) -> int:
+    """Save a new order in `received` with its first status; returns its status seq."""
+    return journal.save(
+        order_id,
+        request_hash="h-" + order_id,
+        request_json=f'{{"order_id":"{order_id}","amount":250}}',
+        state="received",
+        terminal=False,
+        data_json='{"state":"received"}',
+        transition=(None, "received", "request"),
+        outbox=[status(order_id, 1)],
+    )
