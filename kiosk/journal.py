@@ -8,8 +8,11 @@ House rules:
 - The journal does not know the order state machine: it stores the order's state name and the
   whole serialized core state as JSON text, an append-only list of transitions, and an outbox of
   MQTT messages that are published after the commit and forgotten once the broker acknowledged them.
-- Calls are synchronous and short; the runner makes them through `asyncio.to_thread`. One
-  connection, shared between threads under a lock.
+- Calls are synchronous and short. The daemon makes them on the journal's own thread
+  (`await journal.call(journal.save, …)`), so the event loop never waits for an fsync; one
+  connection, shared between threads under a lock. One dedicated thread rather than
+  `asyncio.to_thread`: the hand-off costs half the CPU (bench/RESULTS.md), and the journal's work
+  runs in the order it was asked for.
 - The schema is versioned with `PRAGMA user_version` and only migrates forward; a journal written
   by a newer kiosk is refused rather than misread.
 - Ended orders are kept for a bounded time (`prune`, settings `journal.keep_days`), open orders
@@ -18,19 +21,24 @@ House rules:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import queue
 import sqlite3
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar, cast
 
 from kiosk.errors import JournalError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 FILENAME = "kiosk.db"
 # SQLite's page cache, per connection, in KiB (`PRAGMA cache_size`; SQLite's default is 2000).
@@ -229,6 +237,81 @@ def _order(row: sqlite3.Row) -> StoredOrder:
     )
 
 
+class _Worker:
+    """One thread that runs the journal's calls in the order they were asked for.
+
+    A call whose caller was cancelled still runs to its end (a transaction is all or nothing
+    either way); its result is dropped.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, job: _Job) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    # A daemon thread: an interpreter that exits without close() must not hang on
+                    # it; a transaction cut short by that is rolled back by SQLite.
+                    self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                    self._thread.start()
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Finish what was asked, then end the thread (idempotent)."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job.run()
+
+
+class _Job:
+    __slots__ = ("args", "fn", "future", "kwargs", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[object] = loop.create_future()
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def run(self) -> None:
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
+            self._settle(None, exc)
+        else:
+            self._settle(result, None)
+
+    def _settle(self, result: object, exc: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(_resolve, self.future, result, exc)
+
+
+def _resolve(future: asyncio.Future[object], result: object, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class Journal:
     """The SQLite journal. Build with `Journal.open(path)`; close with `close()`.
 
@@ -247,6 +330,7 @@ class Journal:
         self._fresh: deque[OutboxRow] = deque()
         # Ids the broker acknowledged, deleted by the next write transaction (`mark_sent_later`).
         self._marks: deque[int] = deque()
+        self._worker = _Worker(f"journal-{path.name}")
 
     @classmethod
     def in_dir(cls, state_dir: Path, *, clock: Callable[[], float] = time.time) -> Self:
@@ -294,9 +378,19 @@ class Journal:
         return self._path
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Finish the calls already asked for, then close the connection (idempotent)."""
+        self._worker.stop()
         with self._lock:
             self._conn.close()
+
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn` (a method of this journal, or of a store on it) on the journal's thread.
+
+        Raises what `fn` raises. Cancelling the caller does not stop a call that has begun.
+        """
+        job = _Job(asyncio.get_running_loop(), fn, args, kwargs)
+        self._worker.submit(job)
+        return cast("T", await job.future)  # fn's own result, set by _Job.run
 
     def __enter__(self) -> Self:
         return self
@@ -304,7 +398,7 @@ class Journal:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextmanager
+    @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
@@ -312,7 +406,7 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self._path} cannot be read ({exc})") from exc
 
-    @contextmanager
+    @contextlib.contextmanager
     def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock, self._synchronous(durable=durable):
             try:
@@ -339,7 +433,7 @@ class Journal:
             self._staged.clear()
             self.commits += 1
 
-    @contextmanager
+    @contextlib.contextmanager
     def _synchronous(self, *, durable: bool) -> Iterator[None]:
         """Without `durable`, the commit skips its fsync (WAL + synchronous=NORMAL).
 
@@ -355,13 +449,13 @@ class Journal:
         finally:
             self._conn.execute("PRAGMA synchronous=FULL")
 
-    @contextmanager
+    @contextlib.contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
         """One write transaction for tables kept by other modules (kiosk.fleet.store)."""
         with self._write() as conn:
             yield conn
 
-    @contextmanager
+    @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """Reads under the journal's lock for tables kept by other modules (kiosk.fleet.store)."""
         with self._read() as conn:

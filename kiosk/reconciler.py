@@ -107,7 +107,7 @@ class Reconciler:
             return True
         if self._is_open(order_id):
             return False
-        stored = await asyncio.to_thread(self._journal.get, order_id)
+        stored = await self._journal.call(self._journal.get, order_id)
         if stored is None or not stored.terminal:
             # Unknown to the journal (it was lost), or open but not yet driven: only the former
             # is ours to release; an open order settles its own PI.

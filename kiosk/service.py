@@ -253,9 +253,9 @@ class Service:
         # What the previous run left may have been published already: the marks of its last
         # batch died with it. Send only the newest retained message per topic again, so that no
         # controller sees an order's status go back (an old seq after a newer one).
-        left = await asyncio.to_thread(self.journal.take_outbox)
+        left = await self.journal.call(self.journal.take_outbox)
         drop = superseded(left)
-        await asyncio.to_thread(self.journal.mark_sent, drop)
+        await self.journal.call(self.journal.mark_sent, drop)
         dropped = set(drop)
         queue = collections.deque(row for row in left if row.id not in dropped)
         while True:
@@ -289,7 +289,7 @@ class Service:
             async with asyncio.timeout(MARK_FLUSH_S):
                 await self._outbox_bell.wait()
         except TimeoutError:
-            await asyncio.to_thread(self.journal.flush_marks)
+            await self.journal.call(self.journal.flush_marks)
 
     async def _watch_reader(self) -> None:
         """When no order is using the reader, check now and then that it and Stripe answer."""
@@ -330,7 +330,7 @@ class Service:
             orders = transitions = 0
             try:
                 while True:
-                    pruned = await asyncio.to_thread(self.journal.prune, keep_days * DAY_S)
+                    pruned = await self.journal.call(self.journal.prune, keep_days * DAY_S)
                     orders += pruned.orders
                     transitions += pruned.transitions
                     if pruned.orders < PRUNE_BATCH:
@@ -383,7 +383,7 @@ class Service:
                 await asyncio.wait({outbox, watch})
                 await self._say_offline()
                 with contextlib.suppress(JournalError):
-                    await asyncio.to_thread(self.journal.flush_marks)
+                    await self.journal.call(self.journal.flush_marks)
                 raise _Stopped  # noqa: TRY301 - leaving the task group cancels every task
         except* _Stopped:
             pass
@@ -400,10 +400,10 @@ class Service:
         daemon that no longer exists. This run announces itself as soon as it connects.
         """
         topics = {f"{self.prefix}/kioskd/state", f"{self.prefix}/reader/state"}
-        rows = await asyncio.to_thread(self.journal.pending_outbox, 10_000)  # more than a run leaves
+        rows = await self.journal.call(self.journal.pending_outbox, 10_000)  # more than a run leaves
         stale = [row.id for row in rows if row.topic in topics]
         if stale:
-            await asyncio.to_thread(self.journal.mark_sent, stale)
+            await self.journal.call(self.journal.mark_sent, stale)
             log.info("service.stale_states_dropped", count=len(stale))
 
     async def _say_offline(self) -> None:
