@@ -104,6 +104,8 @@ class Live:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     saved: OrderData | None = None  # what the journal holds, when known
+    # A call a message handler planned and saved with its own change, for the order's task to make.
+    planned: Call | None = None
 
 
 def durable(order: OrderData) -> OrderData:
@@ -229,7 +231,7 @@ class Runner:
 
     async def recover(self) -> int:
         """Load every open order and mark what was in flight as unknown; returns how many."""
-        stored = await asyncio.to_thread(self._journal.open_orders)
+        stored = await self._journal.call(self._journal.open_orders)
         for row in stored:
             order = decode(row.data_json)
             live = Live(order=order, request_hash=row.request_hash)
@@ -279,7 +281,7 @@ class Runner:
             live.order = order  # only read bookkeeping changed: nothing the journal must keep
             return
         transition = (before.state.value, order.state.value, event) if order.state != before.state else None
-        await asyncio.to_thread(
+        await self._journal.call(
             self._journal.save,
             order.order_id,
             request_hash=new.request_hash if new else None,
@@ -328,7 +330,7 @@ class Runner:
         )
 
     async def _enqueue(self, *items: OutboxMessage) -> None:
-        await asyncio.to_thread(self._journal.enqueue, list(items))
+        await self._journal.call(self._journal.enqueue, list(items))
         self._outbox_ready()
 
     # -- driving an order -----------------------------------------------------------------------
@@ -336,13 +338,19 @@ class Runner:
     async def _drive(self, live: Live) -> None:
         order_id = live.order.order_id
         planned: Call | Wait | None = None
+        action: Call | Wait | None
         try:
             while True:
                 now = self._clock()
                 if planned is None:
                     async with live.lock:
-                        order, action = core.plan(live.order, now)
-                        await self._save(live, order, f"call.{action.op.value}" if isinstance(action, Call) else "tick")
+                        if live.planned is not None:
+                            action, live.planned = live.planned, None
+                        else:
+                            order, action = core.plan(live.order, now)
+                            await self._save(
+                                live, order, f"call.{action.op.value}" if isinstance(action, Call) else "tick"
+                            )
                 else:
                     action, planned = planned, None
                 if action is None:
@@ -378,6 +386,20 @@ class Runner:
         else:
             await self._save(live, order, _event_name(outcome))
         return action
+
+    async def _save_and_plan(self, live: Live, order: OrderData, event: str, *, new: StoredOrder | None = None) -> None:
+        """Save `order` after `event`; when its next call can be planned now, in the same commit.
+
+        The planned call waits in `live.planned` for the order's task (the caller holds the lock
+        and wakes the task). One synced commit instead of two when a controller's message or a new
+        order leads straight to a call: its key is in the journal before the call, as always.
+        """
+        planned, action = core.plan(order, self._clock())
+        if isinstance(action, Call) and planned.status_seq == order.status_seq:
+            await self._save(live, planned, event, new=new)
+            live.planned = action
+        else:
+            await self._save(live, order, event, new=new)
 
     async def _sleep(self, live: Live, until: float | None, now: float) -> None:
         timeout = None if until is None else max(0.0, until - now)
@@ -522,13 +544,13 @@ class Runner:
         live = self._live.get(order_id)
         if live is not None:
             return live.order
-        stored = await asyncio.to_thread(self._journal.get, order_id)
+        stored = await self._journal.call(self._journal.get, order_id)
         return decode(stored.data_json) if stored is not None else None
 
     async def _on_request(self, request: messages.OrderRequest) -> None:
         order_id = request.order_id
         digest = request.digest()
-        stored = await asyncio.to_thread(self._journal.get, order_id)
+        stored = await self._journal.call(self._journal.get, order_id)
         if stored is not None:
             current = decode(stored.data_json)
             if stored.request_hash == digest:
@@ -603,7 +625,7 @@ class Runner:
         crashpoints.reached("order_received")
         async with live.lock:
             live.order = replace(order, status_seq=0)  # nothing saved yet: the first status is seq 1
-            await self._save(live, order, "request", new=stored_new)
+            await self._save_and_plan(live, order, "request", new=stored_new)
         crashpoints.reached("order_journaled")
         log.info("order.received", order_id=order_id, amount=request.amount, currency=request.currency)
         if not order.terminal:
@@ -639,7 +661,7 @@ class Runner:
         async with live.lock:
             before = live.order
             order, reply = core.handle(before, event, self._clock())
-            await self._save(live, order, type(event).__name__)
+            await self._save_and_plan(live, order, type(event).__name__)
             if reply is None and order == before:
                 # A duplicate (redelivered) message: the controller hears the current truth again.
                 await self._enqueue(self._republish(order))

@@ -1,0 +1,126 @@
+"""A sale's synced commits: six, and every idempotency key in the journal before its call.
+
+A new order's first commit also holds its create call, and a vend result's commit its capture
+call (`Runner._save_and_plan`): two commits fewer per sale than one per step. These tests run a
+real Runner on a real journal and the simulator over HTTP; a gateway in between reads the journal
+at the moment of each mutating call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, cast
+
+from kiosk import runner as runner_module
+from kiosk.gateway import Gateway
+from kiosk.journal import FILENAME, Journal
+from kiosk.model import Policy
+from kiosk.runner import Runner, RunnerConfig
+from tests.simgateway import sim_gateway
+
+PREFIX = "vend/v1"
+
+
+class Witness:
+    """Wraps the gateway: before each mutating call, the key the journal holds for it."""
+
+    def __init__(self, gateway: Gateway, journal: Journal) -> None:
+        self._gateway = gateway
+        self._journal = journal
+        self.order_id = ""
+        self.calls: list[tuple[str, str, str | None]] = []  # (call, key used, key in the journal)
+
+    def _journaled_key(self) -> str | None:
+        stored = self._journal.get(self.order_id)
+        if stored is None:
+            return None
+        inflight = runner_module.decode(stored.data_json).inflight
+        return inflight.key if inflight is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._gateway, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if "key" in kwargs:
+                self.calls.append((name, kwargs["key"], self._journaled_key()))
+            return await real(*args, **kwargs)
+
+        return call
+
+
+def message(order_id: str, **body: Any) -> bytes:
+    envelope = {"v": 1, "id": uuid.uuid4().hex, "ts": "2027-01-15T08:00:00Z", "order_id": order_id}
+    return json.dumps({**envelope, **body}).encode()
+
+
+async def wait_state(journal: Journal, order_id: str, state: str) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            stored = journal.get(order_id)
+            if stored is not None and stored.state == state:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def sale(tmp_path: Path, vend: dict[str, Any]) -> tuple[Journal, Witness, int]:
+    """One order through a real Runner: (journal, witness, commits the order took)."""
+    journal = Journal.open(tmp_path / FILENAME)
+    async with sim_gateway() as rig:
+        rig.sim.auto_present(rig.reader, 0.0)
+        witness = Witness(rig.gw, journal)
+        config = RunnerConfig(
+            kiosk_id="k1",
+            topic_prefix=PREFIX,
+            currencies=("usd",),
+            max_amount=10_000,
+            policy=Policy(kiosk_id="k1", poll_interval_s=0.05),
+        )
+        runner = Runner(config, journal, cast("Gateway", witness))  # a gateway in all it is asked
+        task = asyncio.create_task(runner.run())
+        try:
+            witness.order_id = "o-1"
+            before = journal.commits
+            await runner.on_message(f"{PREFIX}/order/o-1/request", message("o-1", amount=250, currency="usd"))
+            await wait_state(journal, "o-1", "approved")
+            await runner.on_message(f"{PREFIX}/order/o-1/vend_result", message("o-1", **vend))
+            await wait_state(journal, "o-1", "completed" if vend["result"] != "failure" else "canceled")
+            commits = journal.commits - before
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    return journal, witness, commits
+
+
+async def test_a_sale_takes_six_commits_and_each_key_is_journaled_before_its_call(tmp_path: Path) -> None:
+    journal, witness, commits = await sale(tmp_path, {"result": "success"})
+    try:
+        # request + create key; created + process key; processing; approved; vend + capture key; captured.
+        assert commits == 6
+        assert [name for name, _, _ in witness.calls] == ["create_intent", "process_intent", "capture_intent"]
+        for name, used, journaled in witness.calls:
+            assert used == journaled, f"{name} was called with a key the journal did not hold yet"
+        history = [(t.from_state, t.to_state, t.event) for t in journal.history("o-1")]
+        assert history[0] == (None, "received", "request")
+        assert ("approved", "capturing", "VendReported") in history
+        assert history[-1][1] == "completed"
+    finally:
+        journal.close()
+
+
+async def test_a_partial_vend_captures_with_the_key_saved_beside_the_vend_result(tmp_path: Path) -> None:
+    journal, witness, commits = await sale(tmp_path, {"result": "partial", "vended_amount": 100})
+    try:
+        assert commits == 6
+        name, used, journaled = witness.calls[-1]
+        assert name == "capture_intent"
+        assert used == journaled
+        stored = journal.get("o-1")
+        assert stored is not None
+        assert json.loads(stored.data_json)["captured_amount"] == 100
+    finally:
+        journal.close()
