@@ -120,13 +120,15 @@ def configure(
     )
 
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    handler = logging.StreamHandler(out)
+    # kiosk's own events are rendered by structlog and written straight to the handler's stream:
+    # the standard library's record, formatter and handler would cost twice as much per line.
     structlog.configure(
-        processors=[*stamp, *scrub, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*stamp, *scrub, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=_LineFactory(handler),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # Records from the standard library (stripe, httpx, aiomqtt) get the same treatment.
@@ -143,6 +145,40 @@ def configure(
     # Libraries speak at INFO about every request; kiosk logs what matters itself.
     for noisy in ("httpx", "httpcore", "stripe"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+class _Lines:
+    """Writes kiosk's rendered events to the handler's stream, under the handler's lock.
+
+    The lock keeps a library's record (written by the same handler) from interleaving with a line.
+    `name` is what `add_logger_name` reports.
+    """
+
+    def __init__(self, name: str, handler: logging.StreamHandler[TextIO]) -> None:
+        self.name = name
+        self._handler = handler
+
+    def msg(self, message: str) -> None:
+        """Write one line."""
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(message + "\n")
+            handler.stream.flush()
+        except Exception:  # noqa: BLE001 - like logging's handlers: a log line never breaks a payment
+            return
+        finally:
+            handler.release()
+
+    debug = info = warning = warn = error = critical = fatal = exception = msg
+
+
+class _LineFactory:
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def __call__(self, *args: Any) -> _Lines:
+        return _Lines(str(args[0]) if args else "kiosk", self._handler)
 
 
 def _drop_formatter_leftovers(

@@ -277,3 +277,14 @@ def test_secrets_accumulate_across_configure_calls() -> None:
     logs.configure(stream=out)
     logs.get("t").info("t.line", value=PASSWORD)
     assert_clean(out.getvalue())
+
+
+class _BrokenStream(io.StringIO):
+    def write(self, _text: str) -> int:
+        raise OSError(32, "Broken pipe")
+
+
+def test_an_output_that_fails_never_breaks_the_caller() -> None:
+    logs.configure(stream=_BrokenStream(), json=True)
+    logs.get("runner").info("order.status", order_id="o-1", state="approved")  # must not raise
+    logs.get("runner").error("payment.authorization_expired", order_id="o-1")
