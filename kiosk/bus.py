@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import socket
@@ -181,6 +182,14 @@ class _Link:
 
 
 _CLOSED: Final = object()
+
+
+@functools.lru_cache(maxsize=16)
+def _expiry_properties(expiry_s: int) -> Properties:
+    """The PUBLISH properties for one expiry, built once: paho only reads them (packs them) per publish."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = expiry_s
+    return properties
 
 
 def backoff_delay(attempt: int, *, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -551,9 +560,7 @@ class Bus:
             return None
         if expiry_s <= 0:
             raise ValueError("expiry_s must be a positive number of seconds")
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.MessageExpiryInterval = int(expiry_s)
-        return properties
+        return _expiry_properties(int(expiry_s))
 
     def _client(self) -> aiomqtt.Client:
         settings = self._settings
