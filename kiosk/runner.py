@@ -361,9 +361,11 @@ class Runner:
                 crashpoints.reached(f"before_{action.op.value}")
                 outcome = await self._perform(live.order, action)
                 crashpoints.reached(f"after_{action.op.value}")
-                self._on_outcome(action, outcome)
                 async with live.lock:
                     planned = await self._settle_and_plan(live, outcome)
+                # After the save: what it sets off (the reader's state, published) does not
+                # compete with the journal's thread for the interpreter meanwhile.
+                self._on_outcome(action, outcome)
         finally:
             if self._live.get(order_id) is live and live.order.terminal:
                 del self._live[order_id]
