@@ -346,7 +346,8 @@ def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reaso
         case Restarted():
             order = _restarted(order, now)
         case Abandon():
-            if not order.terminal and order.goal is None:
+            # Not once capturing: the product was dispensed, and its payment is owed.
+            if not order.terminal and order.goal is None and order.state is not State.CAPTURING:
                 order = _begin_goal(order, Goal(State.CANCELED, event.code, event.message), now)
     if order.goal is not None and order.retry_op in STARTING:
         # A start that was in flight when the wind-down began (its answer unknown, the reader

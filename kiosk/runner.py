@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import TypeAdapter
 
@@ -42,6 +42,7 @@ from kiosk.model import (
     Policy,
     ReaderView,
     Restarted,
+    State,
     VendReported,
     Wait,
 )
@@ -672,18 +673,27 @@ class Runner:
             await self._reject(order_id, reply.code, reply.message, retryable=False, in_reply_to=event.message_id)
         live.wake.set()
 
-    async def abandon(self, order_id: str, code: str, message: str) -> bool:
-        """End an open order from outside (fleet `cancel_order`); False when there is none."""
+    async def abandon(self, order_id: str, code: str, message: str) -> Literal["canceling", "not_open", "too_late"]:
+        """End an open order from outside (fleet `cancel_order`).
+
+        Returns "canceling" when the order now winds down, "not_open" when there is no open order
+        by that id, "too_late" when it is capturing (its product was dispensed: the payment is owed).
+        """
         from kiosk.model import Abandon  # noqa: PLC0415 - rarely used
 
         live = self._live.get(order_id)
         if live is None or live.order.terminal:
-            return False
+            return "not_open"
         async with live.lock:
-            order, _ = core.handle(live.order, Abandon(code, message), self._clock())
+            current = live.order  # as it is now: it may have moved on while this waited for the lock
+            if current.terminal:
+                return "not_open"
+            if current.state is State.CAPTURING:
+                return "too_late"
+            order, _ = core.handle(current, Abandon(code, message), self._clock())
             await self._save(live, order, "abandon")
         live.wake.set()
-        return True
+        return "canceling"
 
 
 def _event_name(event: Event) -> str:

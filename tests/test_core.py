@@ -8,7 +8,7 @@ import pytest
 
 from kiosk import core
 from kiosk.errors import IllegalTransition
-from kiosk.model import Call, CallFailed, Failure, Item, Op, Policy, Restarted, State
+from kiosk.model import Abandon, Call, CallFailed, Failure, Item, Op, Policy, Restarted, State
 from tests.fakestripe import Driver, FakeStripe, replace_policy
 
 if TYPE_CHECKING:
@@ -248,6 +248,24 @@ def test_cancel_while_capturing_is_too_late(d: Driver) -> None:
     assert reply is not None
     assert reply.code == "too_late"
     ended(d, State.COMPLETED, None)
+
+
+def test_an_operators_abandon_while_capturing_changes_nothing_and_the_capture_goes_on(d: Driver) -> None:
+    # The product was dispensed: its payment is owed, whoever asks to cancel.
+    approved(d)
+    d.vend()
+    capturing = d.o
+    assert capturing.state is State.CAPTURING
+    assert d.send(Abandon("operator_canceled", "canceled by an operator")) is None
+    assert d.o == capturing
+    ended(d, State.COMPLETED, None)
+    assert d.o.captured_amount == 500
+
+
+def test_an_operators_abandon_after_approval_releases(d: Driver) -> None:
+    approved(d)
+    d.send(Abandon("operator_canceled", "canceled by an operator"))
+    ended(d, State.CANCELED, "operator_canceled")
 
 
 def test_duplicate_cancel_changes_nothing(d: Driver) -> None:

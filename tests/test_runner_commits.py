@@ -13,7 +13,7 @@ import json
 import uuid
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from kiosk import runner as runner_module
 from kiosk.gateway import Gateway
@@ -22,17 +22,24 @@ from kiosk.model import Policy
 from kiosk.runner import Runner, RunnerConfig
 from tests.simgateway import sim_gateway
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
 PREFIX = "vend/v1"
 
 
 class Witness:
     """Wraps the gateway: before each mutating call, the key the journal holds for it."""
 
-    def __init__(self, gateway: Gateway, journal: Journal) -> None:
+    def __init__(self, gateway: Gateway, journal: Journal, *, hold: str | None = None) -> None:
         self._gateway = gateway
         self._journal = journal
         self.order_id = ""
         self.calls: list[tuple[str, str, str | None]] = []  # (call, key used, key in the journal)
+        # The call named `hold` waits for `release`; `reached` says it is waiting.
+        self.hold = hold
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
 
     def _journaled_key(self) -> str | None:
         stored = self._journal.get(self.order_id)
@@ -47,6 +54,9 @@ class Witness:
         async def call(*args: Any, **kwargs: Any) -> Any:
             if "key" in kwargs:
                 self.calls.append((name, kwargs["key"], self._journaled_key()))
+            if name == self.hold:
+                self.reached.set()
+                await self.release.wait()
             return await real(*args, **kwargs)
 
         return call
@@ -66,12 +76,21 @@ async def wait_state(journal: Journal, order_id: str, state: str) -> None:
             await asyncio.sleep(0.01)
 
 
-async def sale(tmp_path: Path, vend: dict[str, Any]) -> tuple[Journal, Witness, int]:
-    """One order through a real Runner: (journal, witness, commits the order took)."""
+async def sale(
+    tmp_path: Path,
+    vend: dict[str, Any],
+    *,
+    hold: str | None = None,
+    meanwhile: Callable[[Runner, Witness], Awaitable[None]] | None = None,
+) -> tuple[Journal, Witness, int]:
+    """One order through a real Runner: (journal, witness, commits the order took).
+
+    `meanwhile` runs after the vend result was applied (with the call named `hold` held).
+    """
     journal = Journal.open(tmp_path / FILENAME)
     async with sim_gateway() as rig:
         rig.sim.auto_present(rig.reader, 0.0)
-        witness = Witness(rig.gw, journal)
+        witness = Witness(rig.gw, journal, hold=hold)
         config = RunnerConfig(
             kiosk_id="k1",
             topic_prefix=PREFIX,
@@ -87,6 +106,8 @@ async def sale(tmp_path: Path, vend: dict[str, Any]) -> tuple[Journal, Witness, 
             await runner.on_message(f"{PREFIX}/order/o-1/request", message("o-1", amount=250, currency="usd"))
             await wait_state(journal, "o-1", "approved")
             await runner.on_message(f"{PREFIX}/order/o-1/vend_result", message("o-1", **vend))
+            if meanwhile is not None:
+                await meanwhile(runner, witness)
             await wait_state(journal, "o-1", "completed" if vend["result"] != "failure" else "canceled")
             commits = journal.commits - before
         finally:
@@ -122,5 +143,26 @@ async def test_a_partial_vend_captures_with_the_key_saved_beside_the_vend_result
         stored = journal.get("o-1")
         assert stored is not None
         assert json.loads(stored.data_json)["captured_amount"] == 100
+    finally:
+        journal.close()
+
+
+async def test_an_operators_cancel_while_capturing_is_refused_and_the_sale_is_captured(tmp_path: Path) -> None:
+    # Fleet `cancel_order` between a vend result and its capture: the product was dispensed.
+    answers: list[str] = []
+
+    async def cancel_while_capturing(runner: Runner, witness: Witness) -> None:
+        async with asyncio.timeout(10):
+            await witness.reached.wait()
+        answers.append(await runner.abandon("o-1", "operator_canceled", "canceled by an operator"))
+        witness.release.set()
+
+    journal, _, _ = await sale(tmp_path, {"result": "success"}, hold="capture_intent", meanwhile=cancel_while_capturing)
+    try:
+        assert answers == ["too_late"]
+        stored = journal.get("o-1")
+        assert stored is not None
+        assert stored.state == "completed"
+        assert json.loads(stored.data_json)["captured_amount"] == 250
     finally:
         journal.close()

@@ -602,8 +602,11 @@ class FleetAgent:
         order_id = args.get("order_id")
         if not isinstance(order_id, str) or not order_id:
             raise CommandFailed("bad_request", "args.order_id must name an order")
-        if not await self.host.runner.abandon(order_id, "operator_canceled", "canceled by an operator"):
+        outcome = await self.host.runner.abandon(order_id, "operator_canceled", "canceled by an operator")
+        if outcome == "not_open":
             raise CommandFailed("unknown_order", f"order {order_id[:64]} is not open")
+        if outcome == "too_late":
+            raise CommandFailed("too_late", f"order {order_id[:64]} is being captured: its product was dispensed")
         return {"order_id": order_id, "canceled": True}
 
     async def _restart(self, args: dict[str, Any]) -> dict[str, Any]:
