@@ -12,7 +12,8 @@ House rules:
   (`await journal.call(journal.save, …)`), so the event loop never waits for an fsync; one
   connection, shared between threads under a lock. One dedicated thread rather than
   `asyncio.to_thread`: the hand-off costs half the CPU (bench/RESULTS.md), and the journal's work
-  runs in the order it was asked for.
+  runs in the order it was asked for. (kiosk.fleet's rarer store calls still use
+  `asyncio.to_thread`; the lock keeps them apart from the rest.)
 - The schema is versioned with `PRAGMA user_version` and only migrates forward; a journal written
   by a newer kiosk is refused rather than misread.
 - Ended orders are kept for a bounded time (`prune`, settings `journal.keep_days`), open orders
@@ -240,34 +241,45 @@ def _order(row: sqlite3.Row) -> StoredOrder:
 class _Worker:
     """One thread that runs the journal's calls in the order they were asked for.
 
-    A call whose caller was cancelled still runs to its end (a transaction is all or nothing
-    either way); its result is dropped.
+    A call is queued when asked and then runs to its end even if its caller is cancelled (a
+    transaction is all or nothing either way); its result is dropped. Once stopped, it takes no
+    more calls.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, path: Path) -> None:
         self._name = name
+        self._path = path
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def submit(self, job: _Job) -> None:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    # A daemon thread: an interpreter that exits without close() must not hang on
-                    # it; a transaction cut short by that is rolled back by SQLite.
-                    self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-                    self._thread.start()
-        self._jobs.put(job)
+        """Queue `job`, starting the thread on first use.
+
+        Raises:
+            JournalError: the journal is closed.
+        """
+        with self._lock:
+            if self._stopped:
+                raise JournalError(f"journal {self._path} is closed")
+            if self._thread is None:
+                # A daemon thread: an interpreter that exits without close() must not hang on
+                # it; a transaction cut short by that is rolled back by SQLite.
+                thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread
+            self._jobs.put(job)
 
     def stop(self) -> None:
         """Finish what was asked, then end the thread (idempotent)."""
-        with self._start_lock:
+        with self._lock:
+            self._stopped = True
             thread, self._thread = self._thread, None
-        if thread is not None:
-            self._jobs.put(None)
-            if thread is not threading.current_thread():
-                thread.join()
+            if thread is not None:
+                self._jobs.put(None)  # behind every job already queued
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -306,10 +318,13 @@ class _Job:
 def _resolve(future: asyncio.Future[object], result: object, exc: BaseException | None) -> None:
     if future.cancelled():
         return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
+    if exc is None:
         future.set_result(result)
+        return
+    try:
+        future.set_exception(exc)
+    except TypeError:  # StopIteration cannot travel in a future: the caller must not wait forever
+        future.set_exception(JournalError(f"journal call raised {exc!r}"))
 
 
 class Journal:
@@ -330,7 +345,7 @@ class Journal:
         self._fresh: deque[OutboxRow] = deque()
         # Ids the broker acknowledged, deleted by the next write transaction (`mark_sent_later`).
         self._marks: deque[int] = deque()
-        self._worker = _Worker(f"journal-{path.name}")
+        self._worker = _Worker(f"journal-{path.name}", path)
 
     @classmethod
     def in_dir(cls, state_dir: Path, *, clock: Callable[[], float] = time.time) -> Self:
@@ -386,7 +401,8 @@ class Journal:
     async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` (a method of this journal, or of a store on it) on the journal's thread.
 
-        Raises what `fn` raises. Cancelling the caller does not stop a call that has begun.
+        Raises what `fn` raises, and JournalError once the journal is closed. Cancelling the
+        caller does not stop a call once asked: it runs in its turn, and its result is dropped.
         """
         job = _Job(asyncio.get_running_loop(), fn, args, kwargs)
         self._worker.submit(job)

@@ -138,3 +138,23 @@ async def test_close_finishes_what_was_asked_then_ends_the_thread(journal: Journ
         assert reopened.get("o-1") is not None
     finally:
         reopened.close()
+
+
+async def test_a_call_after_close_is_refused_and_starts_no_thread(journal: Journal) -> None:
+    journal.close()
+    with pytest.raises(JournalError, match="is closed"):
+        await journal.call(journal.get, "o-1")
+    assert not any(t.name == f"journal-{FILENAME}" for t in threading.enumerate())
+
+
+def _stop_iteration() -> None:
+    raise StopIteration
+
+
+async def test_a_call_raising_what_a_future_cannot_carry_still_answers(journal: Journal) -> None:
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(JournalError, match="StopIteration"):
+                await journal.call(_stop_iteration)
+    finally:
+        journal.close()
