@@ -199,7 +199,9 @@ class Runner:
         journal: where every step is saved.
         gateway: Stripe.
         outbox_ready: called after each save that queued messages (wakes the publisher).
-        on_outcome: told of every call outcome (availability tracking).
+        on_outcome: told of every call outcome (availability tracking), before it is saved.
+        on_saved: called once that outcome is saved: what the outcome sets off (the reader's
+            state, published) then does not compete with the journal's thread meanwhile.
         on_terminal: told of each order saved in its final state, after the commit (fleet events).
         clock: wall-clock seconds (UTC); injectable for tests.
     """
@@ -212,6 +214,7 @@ class Runner:
         *,
         outbox_ready: Callable[[], None] = lambda: None,
         on_outcome: Callable[[Call, Event], None] = lambda _c, _e: None,
+        on_saved: Callable[[], None] = lambda: None,
         accepting: Callable[[], tuple[str, str] | None] = lambda: None,
         on_terminal: Callable[[OrderData], None] = lambda _o: None,
         clock: Callable[[], float] = time.time,
@@ -221,6 +224,7 @@ class Runner:
         self._gateway = gateway
         self._outbox_ready = outbox_ready
         self._on_outcome = on_outcome
+        self._on_saved = on_saved
         self._accepting = accepting
         self._on_terminal = on_terminal
         self._clock = clock
@@ -362,11 +366,10 @@ class Runner:
                 crashpoints.reached(f"before_{action.op.value}")
                 outcome = await self._perform(live.order, action)
                 crashpoints.reached(f"after_{action.op.value}")
+                self._on_outcome(action, outcome)
                 async with live.lock:
                     planned = await self._settle_and_plan(live, outcome)
-                # After the save: what it sets off (the reader's state, published) does not
-                # compete with the journal's thread for the interpreter meanwhile.
-                self._on_outcome(action, outcome)
+                self._on_saved()
         finally:
             if self._live.get(order_id) is live and live.order.terminal:
                 del self._live[order_id]

@@ -84,6 +84,7 @@ class Service:
         self.availability = Availability(settings.stripe.reader_id)
         self._outbox_bell = asyncio.Event()
         self._states: dict[str, bytes] = {}  # kioskd/state and reader/state not yet published
+        self._announce_due = False  # a call's outcome changed what they say; not announced yet
         self._stop = asyncio.Event()
         self._published_state: tuple[Any, ...] | None = None
         self._published_reader: tuple[Any, ...] | None = None
@@ -100,6 +101,7 @@ class Service:
             self.gateway,
             outbox_ready=self._outbox_bell.set,
             on_outcome=self._observe,
+            on_saved=self._announce_if_due,
             accepting=self.availability.refusal,
             on_terminal=self._on_terminal,
         )
@@ -160,6 +162,7 @@ class Service:
 
     async def _announce(self, *, force: bool = False) -> None:
         """Publish kioskd/state and reader/state (retained) when what they say changed."""
+        self._announce_due = False
         snap = self.availability.snapshot()
         daemon_key = (snap.payments, snap.code)
         reader_key = (snap.reader_status, snap.device_type, snap.action)
@@ -191,6 +194,11 @@ class Service:
 
     def _observe(self, call: Call, event: Event) -> None:
         if self.availability.observe(call, event, time.time()):
+            self._announce_due = True  # once the outcome is saved (`_announce_if_due`)
+
+    def _announce_if_due(self) -> None:
+        if self._announce_due:
+            self._announce_due = False
             task = asyncio.get_running_loop().create_task(self._announce())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
