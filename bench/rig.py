@@ -15,9 +15,11 @@ Nothing here asserts on time: the scripts print what they measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -154,6 +156,7 @@ class Daemon:
             **{f"KIOSK_{k.upper()}": v for k, v in settings.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self._wrapped = False
         self.started_at = 0.0
         self.ready_at: float | None = None
         self._sock: socket.socket | None = None
@@ -167,6 +170,7 @@ class Daemon:
     def start(self, *, wrapper: list[str] | None = None) -> None:
         """Start `kiosk run` (under `wrapper`, e.g. strace, when given)."""
         self.notify_path.unlink(missing_ok=True)
+        self._wrapped = bool(wrapper)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(self.notify_path))
         self.started_at = time.monotonic()
@@ -194,10 +198,18 @@ class Daemon:
                 return self.ready_at - self.started_at
 
     def stop(self) -> int | None:
-        """SIGTERM and wait."""
+        """SIGTERM and wait.
+
+        Under a wrapper (strace), the signal goes to the wrapper's children, the daemon itself:
+        strace would detach on SIGTERM and leave the daemon running.
+        """
         code = None
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            for child in self._children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+            if not self._wrapped:
+                self.proc.terminate()
             try:
                 code = self.proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -207,6 +219,15 @@ class Daemon:
             self._sock.close()
             self._sock = None
         return code
+
+    def _children(self) -> list[int]:
+        if not self._wrapped or self.proc is None:
+            return []
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
 
     def log(self) -> str:
         """What the daemon wrote to stderr."""
