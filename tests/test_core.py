@@ -48,6 +48,16 @@ def ops(d: Driver) -> list[Op]:
     return [c.op for c in d.stripe.calls]
 
 
+def step_until_planned(d: Driver, op: Op, limit: int = 10) -> None:
+    """Step the order until `op` is the call it would make next (planned, not yet made)."""
+    for _ in range(limit):
+        _, action = core.plan(d.o, d.now)
+        if isinstance(action, Call) and action.op is op:
+            return
+        d.step()
+    raise AssertionError(f"{op} never planned: {ops(d)}")
+
+
 def ended(d: Driver, state: State, code: str | None) -> None:
     d.settle()
     assert d.o.state is state
@@ -929,13 +939,7 @@ def test_an_unknown_clear_is_read_and_compared_again_never_resent(d: Driver, *, 
 def test_a_restart_while_clearing_a_stale_action_does_not_clear_twice(d: Driver) -> None:
     earlier = d.stripe.stale_payment()
     d.start()
-    for _ in range(10):
-        _, action = core.plan(d.o, d.now)
-        if isinstance(action, Call) and action.op is Op.CLEAR_STALE:
-            break
-        d.step()
-    else:
-        raise AssertionError(ops(d))
+    step_until_planned(d, Op.CLEAR_STALE)
     d.crash(applied=True)
     d.run_until(State.AWAITING_CARD, limit=20)
     assert d.stripe.cancel_actions == [earlier.id]
@@ -945,13 +949,7 @@ def test_a_restart_while_clearing_a_stale_action_does_not_clear_twice(d: Driver)
 def test_a_restart_between_the_comparison_and_the_clear_compares_again(d: Driver) -> None:
     earlier = d.stripe.stale_payment()
     d.start()
-    for _ in range(10):
-        _, action = core.plan(d.o, d.now)
-        if isinstance(action, Call) and action.op is Op.CLEAR_STALE:
-            break
-        d.step()
-    else:
-        raise AssertionError(ops(d))
+    step_until_planned(d, Op.CLEAR_STALE)
     d.send(Restarted())  # the comparison was saved, the clear not yet planned
     d.run_until(State.AWAITING_CARD, limit=20)
     assert ops(d).count(Op.READ_OTHER_INTENT) == 2
@@ -965,13 +963,7 @@ def test_a_restart_between_the_comparison_and_the_cancel_action_compares_again(d
     d.begin()  # the reader takes the payment; the answer is lost
     d.cancel()
     d.send(Restarted())
-    for _ in range(10):
-        _, action = core.plan(d.o, d.now)
-        if isinstance(action, Call) and action.op is Op.CANCEL_ACTION:
-            break
-        d.step()
-    else:
-        raise AssertionError(ops(d))
+    step_until_planned(d, Op.CANCEL_ACTION)
     assert d.o.state is State.RECEIVED
     d.send(Restarted())  # the comparison was saved, the cancel_action not yet planned
     d.stripe.reboot_reader()  # meanwhile the reader's action ended
@@ -1038,13 +1030,7 @@ def test_a_cancel_while_clearing_a_stale_action_never_clears_it_later(d: Driver)
     earlier = d.stripe.stale_payment()
     d.start()
     d.stripe.inject("auth", Op.CLEAR_STALE)
-    for _ in range(10):
-        _, action = core.plan(d.o, d.now)
-        if isinstance(action, Call) and action.op is Op.CLEAR_STALE:
-            break
-        d.step()
-    else:
-        raise AssertionError(ops(d))
+    step_until_planned(d, Op.CLEAR_STALE)
     d.begin()  # refused: the API key was rejected
     d.cancel()
     d.finish()
