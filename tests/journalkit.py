@@ -26,15 +26,18 @@ def status(order_id: str, seq: int) -> OutboxMessage:
     )
 
 
-def new_order(journal: Journal, order_id: str) -> int:
-    """Save a new order in `received` with its first status; returns its status seq."""
+TERMINAL = frozenset({"completed", "canceled", "rejected", "failed"})
+
+
+def new_order(journal: Journal, order_id: str, *, state: str = "received", queued: bool = True) -> int:
+    """Save a new order in `state`, with its first status queued unless not `queued`; returns its status seq."""
     return journal.save(
         order_id,
         request_hash="h-" + order_id,
         request_json=f'{{"order_id":"{order_id}","amount":250}}',
-        state="received",
-        terminal=False,
-        data_json='{"state":"received"}',
-        transition=(None, "received", "request"),
-        outbox=[status(order_id, 1)],
+        state=state,
+        terminal=state in TERMINAL,
+        data_json=f'{{"state":"{state}"}}',
+        transition=(None, state, "request"),
+        outbox=[status(order_id, 1)] if queued else [],
     )

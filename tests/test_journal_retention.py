@@ -237,18 +237,6 @@ async def test_a_repeated_request_is_a_duplicate_while_kept_and_a_new_order_once
 # --- the daemon prunes at start ------------------------------------------------------------------
 
 
-def ended_order(journal: Journal, order_id: str) -> None:
-    journal.save(
-        order_id,
-        request_hash="h-" + order_id,
-        request_json=f'{{"order_id":"{order_id}","amount":250}}',
-        state="completed",
-        terminal=True,
-        data_json='{"state":"completed"}',
-        transition=(None, "completed", "request"),
-    )
-
-
 @pytest.mark.slow
 async def test_kiosk_run_prunes_what_ended_before_the_retention_at_start(tmp_path: Path, broker: Mosquitto) -> None:
     now = time.time()
@@ -256,9 +244,9 @@ async def test_kiosk_run_prunes_what_ended_before_the_retention_at_start(tmp_pat
     db.parent.mkdir()
     with Journal.open(db, clock=lambda: now - 91 * DAY_S) as journal:
         for n in range(PRUNE_BATCH + 1):  # two batches
-            ended_order(journal, f"old-{n}")
+            new_order(journal, f"old-{n}", state="completed", queued=False)
     with Journal.open(db, clock=lambda: now - 89 * DAY_S) as journal:
-        ended_order(journal, "kept")
+        new_order(journal, "kept", state="completed", queued=False)
     async with start_rig(tmp_path, broker, JOURNAL__KEEP_DAYS="90") as rig:
         async with asyncio.timeout(30):
             while '"journal.pruned"' not in rig.daemon.log():  # noqa: ASYNC110 - a line in a file
