@@ -325,8 +325,8 @@ def _apply_time(order: OrderData, now: float) -> OrderData:
 def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reason | None]:
     """Apply one event.
 
-    Returns the new order and, for a controller message that cannot be applied, the reason to
-    reject it with.
+    Returns the new order and, for a controller message or an operator's Abandon that cannot
+    be applied, the reason to refuse it with.
 
     Raises:
         IllegalTransition: a call result for a call that is not in flight (a bug in the caller).
@@ -346,9 +346,7 @@ def handle(order: OrderData, event: Event, now: float) -> tuple[OrderData, Reaso
         case Restarted():
             order = _restarted(order, now)
         case Abandon():
-            # Not once capturing: the product was dispensed, and its payment is owed.
-            if not order.terminal and order.goal is None and order.state is not State.CAPTURING:
-                order = _begin_goal(order, Goal(State.CANCELED, event.code, event.message), now)
+            order, reply = _abandon(order, event, now)
     if order.goal is not None and order.retry_op in STARTING:
         # A start that was in flight when the wind-down began (its answer unknown, the reader
         # busy, the key refused) is not sent again: the wind-down's read of the reader decides
@@ -1028,6 +1026,15 @@ def _cancel_requested(order: OrderData, event: CancelRequested, now: float) -> t
         stripe_reason="requested_by_customer",
     )
     return _begin_goal(replace(order, in_reply_to=event.message_id), goal, now), None
+
+
+def _abandon(order: OrderData, event: Abandon, now: float) -> tuple[OrderData, Reason | None]:
+    if order.state is State.CAPTURING:
+        # The product was dispensed, and its payment is owed, whoever asks to cancel.
+        return order, Reason("too_late", "The order is capturing; it can no longer be canceled.")
+    if order.terminal or order.goal is not None:
+        return order, None
+    return _begin_goal(order, Goal(State.CANCELED, event.code, event.message), now), None
 
 
 def _vend_reported(order: OrderData, event: VendReported, now: float) -> tuple[OrderData, Reason | None]:

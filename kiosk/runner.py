@@ -42,7 +42,6 @@ from kiosk.model import (
     Policy,
     ReaderView,
     Restarted,
-    State,
     VendReported,
     Wait,
 )
@@ -691,9 +690,9 @@ class Runner:
             current = live.order  # as it is now: it may have moved on while this waited for the lock
             if current.terminal:
                 return "not_open"
-            if current.state is State.CAPTURING:
+            order, refused = core.handle(current, Abandon(code, message), self._clock())
+            if refused is not None:
                 return "too_late"
-            order, _ = core.handle(current, Abandon(code, message), self._clock())
             await self._save(live, order, "abandon")
         live.wake.set()
         return "canceling"

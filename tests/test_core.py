@@ -266,7 +266,9 @@ def test_an_operators_abandon_while_capturing_changes_nothing_and_the_capture_go
     d.vend()
     capturing = d.o
     assert capturing.state is State.CAPTURING
-    assert d.send(Abandon("operator_canceled", "canceled by an operator")) is None
+    reply = d.send(Abandon("operator_canceled", "canceled by an operator"))
+    assert reply is not None
+    assert reply.code == "too_late"
     assert d.o == capturing
     ended(d, State.COMPLETED, None)
     assert d.o.captured_amount == 500
