@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,6 +19,7 @@ from kiosk.gateway import Gateway
 from kiosk.journal import FILENAME, Journal
 from kiosk.model import Policy
 from kiosk.runner import Runner, RunnerConfig
+from tests.harness import envelope
 from tests.simgateway import sim_gateway
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ class Witness:
 
 
 def message(order_id: str, **body: Any) -> bytes:
-    envelope = {"v": 1, "id": uuid.uuid4().hex, "ts": "2027-01-15T08:00:00Z", "order_id": order_id}
-    return json.dumps({**envelope, **body}).encode()
+    return json.dumps({**envelope(), "order_id": order_id, **body}).encode()
 
 
 async def wait_state(journal: Journal, order_id: str, state: str) -> None:
