@@ -330,7 +330,8 @@ def _resolve(future: asyncio.Future[object], result: object, exc: BaseException 
 class Journal:
     """The SQLite journal. Build with `Journal.open(path)`; close with `close()`.
 
-    `commits` counts committed write transactions (for benchmarks: commits per order).
+    `commits` counts committed write transactions that changed something (for benchmarks:
+    commits per order).
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
@@ -430,6 +431,7 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self._path} cannot start a write ({exc})") from exc
             marks = [self._marks.popleft() for _ in range(len(self._marks))]
+            changes = self._conn.total_changes
             try:
                 if marks:
                     # Acknowledged messages ride along with whatever this transaction writes.
@@ -447,7 +449,8 @@ class Journal:
                 raise
             self._fresh.extend(self._staged)
             self._staged.clear()
-            self.commits += 1
+            if self._conn.total_changes != changes:  # one that wrote nothing did not touch the disk
+                self.commits += 1
 
     @contextlib.contextmanager
     def _synchronous(self, *, durable: bool) -> Iterator[None]:
@@ -539,58 +542,108 @@ class Journal:
         now = self._clock()
         with self._write() as conn:
             row = conn.execute("SELECT status_seq FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-            if row is None:
-                if request_hash is None or request_json is None:
-                    raise JournalError(f"order {order_id} is new: save needs its request_hash and request_json")
-                status_seq = 0
-            else:
-                status_seq = row["status_seq"]
-            for message in outbox:
-                if message.status_seq is None:
-                    continue
-                if message.status_seq != status_seq + 1:
-                    raise JournalError(
-                        f"order {order_id} status seq {message.status_seq} out of order;"
-                        f" expected {status_seq + 1}; nothing written"
-                    )
-                status_seq = message.status_seq
-            if row is None:
-                conn.execute(
-                    _INSERT_ORDER,
-                    (
-                        order_id,
-                        request_hash,
-                        request_json,
-                        state,
-                        int(terminal),
-                        data_json,
-                        status_seq,
-                        now,
-                        now,
-                    ),
+            return self._record(
+                conn,
+                order_id,
+                None if row is None else int(row["status_seq"]),
+                now,
+                request_hash=request_hash,
+                request_json=request_json,
+                state=state,
+                terminal=terminal,
+                data_json=data_json,
+                transition=transition,
+                outbox=outbox,
+            )
+
+    def add(  # noqa: PLR0913 - `save` for a new order
+        self,
+        order_id: str,
+        *,
+        request_hash: str,
+        request_json: str,
+        state: str,
+        terminal: bool,
+        data_json: str,
+        transition: tuple[str | None, str, str] | None = None,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> StoredOrder | None:
+        """Record a new order as `save` does, unless the journal already holds one by that id.
+
+        One transaction both asks whether the id is new and, when it is, records the order: a
+        request costs one journal call, not a read and then a write.
+
+        Returns:
+            None when the order was recorded; the order already held by that id otherwise (and
+            then nothing was written).
+
+        Raises:
+            JournalError: nothing was written (as for `save`).
+        """
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(_SELECT_ORDERS + " WHERE order_id = ?", (order_id,)).fetchone()
+            if row is not None:
+                return _order(row)
+            self._record(
+                conn,
+                order_id,
+                None,
+                now,
+                request_hash=request_hash,
+                request_json=request_json,
+                state=state,
+                terminal=terminal,
+                data_json=data_json,
+                transition=transition,
+                outbox=outbox,
+            )
+        return None
+
+    def _record(  # noqa: PLR0913 - inside `_write`: what `save` and `add` write
+        self,
+        conn: sqlite3.Connection,
+        order_id: str,
+        status_seq: int | None,
+        now: float,
+        *,
+        request_hash: str | None,
+        request_json: str | None,
+        state: str,
+        terminal: bool,
+        data_json: str,
+        transition: tuple[str | None, str, str] | None,
+        outbox: Sequence[OutboxMessage],
+    ) -> int:
+        # `status_seq` is the journaled order's, None when the order is new.
+        new = status_seq is None
+        if new and (request_hash is None or request_json is None):
+            raise JournalError(f"order {order_id} is new: save needs its request_hash and request_json")
+        seq = status_seq or 0
+        for message in outbox:
+            if message.status_seq is None:
+                continue
+            if message.status_seq != seq + 1:
+                raise JournalError(
+                    f"order {order_id} status seq {message.status_seq} out of order;"
+                    f" expected {seq + 1}; nothing written"
                 )
-            else:
-                conn.execute(
-                    _UPDATE_ORDER,
-                    (
-                        request_hash,
-                        request_json,
-                        state,
-                        int(terminal),
-                        data_json,
-                        status_seq,
-                        now,
-                        order_id,
-                    ),
-                )
-            if transition is not None:
-                from_state, to_state, event = transition
-                conn.execute(
-                    _APPEND_TRANSITION,
-                    (order_id, from_state, to_state, event, now, order_id),
-                )
-            self._enqueue(conn, order_id, outbox, now)
-        return status_seq
+            seq = message.status_seq
+        if new:
+            conn.execute(
+                _INSERT_ORDER,
+                (order_id, request_hash, request_json, state, int(terminal), data_json, seq, now, now),
+            )
+        else:
+            conn.execute(
+                _UPDATE_ORDER,
+                (request_hash, request_json, state, int(terminal), data_json, seq, now, order_id),
+            )
+        if transition is not None:
+            from_state, to_state, event = transition
+            conn.execute(_APPEND_TRANSITION, (order_id, from_state, to_state, event, now, order_id))
+        self._enqueue(conn, order_id, outbox, now)
+        return seq
 
     # -- outbox --------------------------------------------------------------------------------
 

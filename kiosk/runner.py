@@ -274,28 +274,48 @@ class Runner:
 
     # -- saving ---------------------------------------------------------------------------------
 
-    async def _save(self, live: Live, order: OrderData, event: str, *, new: StoredOrder | None = None) -> None:
+    async def _save(
+        self, live: Live, order: OrderData, event: str, *, new: StoredOrder | None = None
+    ) -> StoredOrder | None:
+        """Save `order`; with `new`, as a new order unless its id is journaled already.
+
+        Returns None, or (with `new`) the order the journal already held by that id, in which case
+        nothing was written and `live` is unchanged.
+        """
         before = live.order
         if order == before and new is None:
-            return
+            return None
         outbox: list[OutboxMessage] = []
         if order.status_seq != before.status_seq or new is not None:
             outbox.append(self._status_message(order))
         if new is None and not outbox and live.saved is not None and durable(order) == durable(live.saved):
             live.order = order  # only read bookkeeping changed: nothing the journal must keep
-            return
-        transition = (before.state.value, order.state.value, event) if order.state != before.state else None
-        await self._journal.call(
-            self._journal.save,
-            order.order_id,
-            request_hash=new.request_hash if new else None,
-            request_json=new.request_json if new else None,
-            state=order.state.value,
-            terminal=order.terminal,
-            data_json=encode(order),
-            transition=transition if new is None else (None, order.state.value, event),
-            outbox=outbox,
-        )
+            return None
+        if new is not None:
+            known = await self._journal.call(
+                self._journal.add,
+                order.order_id,
+                request_hash=new.request_hash,
+                request_json=new.request_json,
+                state=order.state.value,
+                terminal=order.terminal,
+                data_json=encode(order),
+                transition=(None, order.state.value, event),
+                outbox=outbox,
+            )
+            if known is not None:
+                return known
+        else:
+            transition = (before.state.value, order.state.value, event) if order.state != before.state else None
+            await self._journal.call(
+                self._journal.save,
+                order.order_id,
+                state=order.state.value,
+                terminal=order.terminal,
+                data_json=encode(order),
+                transition=transition,
+                outbox=outbox,
+            )
         live.order = order
         live.saved = order
         if order.terminal and (new is not None or not before.terminal):
@@ -322,6 +342,7 @@ class Runner:
                 intent=order.intent_id,
                 captured_amount=order.captured_amount,
             )
+        return None
 
     def _status_message(self, order: OrderData) -> OutboxMessage:
         payload = messages.status_payload(order, kiosk_id=self.config.kiosk_id, ts=self._clock())
@@ -392,19 +413,23 @@ class Runner:
             await self._save(live, order, _event_name(outcome))
         return action
 
-    async def _save_and_plan(self, live: Live, order: OrderData, event: str, *, new: StoredOrder | None = None) -> None:
+    async def _save_and_plan(
+        self, live: Live, order: OrderData, event: str, *, new: StoredOrder | None = None
+    ) -> StoredOrder | None:
         """Save `order` after `event`; when its next call can be planned now, in the same commit.
 
         The planned call waits in `live.planned` for the order's task (the caller holds the lock
         and wakes the task). One synced commit instead of two when a controller's message or a new
         order leads straight to a call: its key is in the journal before the call, as always.
+        Returns what `_save` returns.
         """
         planned, action = core.plan(order, self._clock())
         if isinstance(action, Call) and planned.status_seq == order.status_seq:
-            await self._save(live, planned, event, new=new)
-            live.planned = action
-        else:
-            await self._save(live, order, event, new=new)
+            known = await self._save(live, planned, event, new=new)
+            if known is None:
+                live.planned = action
+            return known
+        return await self._save(live, order, event, new=new)
 
     async def _sleep(self, live: Live, until: float | None, now: float) -> None:
         timeout = None if until is None else max(0.0, until - now)
@@ -481,12 +506,11 @@ class Runner:
         if order_id is None or kind is None:
             log.warning("bus.bad_topic", topic=topic[:200])
             return
-        message_id = _peek_id(payload)
         try:
             message = messages.parse(kind, order_id, payload)
         except InvalidInput as exc:
             log.warning("bus.invalid_message", order_id=order_id, kind=kind, code=exc.code, problem=exc.message)
-            await self._reject(order_id, exc.code, exc.message, retryable=False, in_reply_to=message_id)
+            await self._reject(order_id, exc.code, exc.message, retryable=False, in_reply_to=_peek_id(payload))
             return
         match message:
             case messages.OrderRequest():
@@ -555,47 +579,27 @@ class Runner:
     async def _on_request(self, request: messages.OrderRequest) -> None:
         order_id = request.order_id
         digest = request.digest()
-        stored = await self._journal.call(self._journal.get, order_id)
-        if stored is not None:
-            current = decode(stored.data_json)
-            if stored.request_hash == digest:
-                log.info("order.duplicate_request", order_id=order_id, state=current.state.value)
-                await self._tell(order_id, known=current)
+        live = self._live.get(order_id)
+        if live is not None:
+            await self._known_request(request, digest, live.request_hash, live.order)
+            return
+        refused = self._refuse(request)
+        if refused is not None:
+            # Not to be served as a new order; but an ended order by this id hears its truth.
+            stored = await self._journal.call(self._journal.get, order_id)
+            if stored is not None:
+                await self._known_request(request, digest, stored.request_hash, decode(stored.data_json))
+                return
+            code, text, retryable = refused
+            if retryable:  # busy, unavailable, maintenance: nothing wrong with the request
+                log.info("order.rejected", order_id=order_id, code=code)
             else:
-                log.warning("order.conflict", order_id=order_id)
-                await self._reject(
-                    order_id,
-                    "order_conflict",
-                    "this order id is already used by an order with other content",
-                    retryable=False,
-                    in_reply_to=request.id,
-                    amount=request.amount,
-                    currency=request.currency,
-                )
-            return
-        try:
-            messages.check_request(request, currencies=self.config.currencies, max_amount=self.config.max_amount)
-        except InvalidInput as exc:
-            log.warning("order.rejected", order_id=order_id, code=exc.code, problem=exc.message)
-            await self._reject(
-                order_id,
-                exc.code,
-                exc.message,
-                retryable=False,
-                in_reply_to=request.id,
-                amount=request.amount,
-                currency=request.currency,
-            )
-            return
-        refusal = self._refusal()
-        if refusal is not None:
-            code, text = refusal
-            log.info("order.rejected", order_id=order_id, code=code)
+                log.warning("order.rejected", order_id=order_id, code=code, problem=text)
             await self._reject(
                 order_id,
                 code,
                 text,
-                retryable=True,
+                retryable=retryable,
                 in_reply_to=request.id,
                 amount=request.amount,
                 currency=request.currency,
@@ -630,12 +634,47 @@ class Runner:
         crashpoints.reached("order_received")
         async with live.lock:
             live.order = replace(order, status_seq=0)  # nothing saved yet: the first status is seq 1
-            await self._save_and_plan(live, order, "request", new=stored_new)
+            known = await self._save_and_plan(live, order, "request", new=stored_new)
+        if known is not None:
+            # The journal already held this id (an ended order): nothing was written.
+            await self._known_request(request, digest, known.request_hash, decode(known.data_json))
+            return
         crashpoints.reached("order_journaled")
         log.info("order.received", order_id=order_id, amount=request.amount, currency=request.currency)
         if not order.terminal:
             self._live[order_id] = live
             self._start(live)
+
+    async def _known_request(
+        self, request: messages.OrderRequest, digest: str, request_hash: str, current: OrderData
+    ) -> None:
+        """Answer a request for an order id in use: its status again, or a conflict before it."""
+        order_id = request.order_id
+        if request_hash == digest:
+            log.info("order.duplicate_request", order_id=order_id, state=current.state.value)
+            await self._tell(order_id, known=current)
+            return
+        log.warning("order.conflict", order_id=order_id)
+        await self._reject(
+            order_id,
+            "order_conflict",
+            "this order id is already used by an order with other content",
+            retryable=False,
+            in_reply_to=request.id,
+            amount=request.amount,
+            currency=request.currency,
+        )
+
+    def _refuse(self, request: messages.OrderRequest) -> tuple[str, str, bool] | None:
+        """Why `request` is not served as a new order: (code, message, retryable), or None."""
+        try:
+            messages.check_request(request, currencies=self.config.currencies, max_amount=self.config.max_amount)
+        except InvalidInput as exc:
+            return exc.code, exc.message, False
+        refusal = self._refusal()
+        if refusal is not None:
+            return *refusal, True
+        return None
 
     def _refusal(self) -> tuple[str, str] | None:
         if any(not live.order.terminal for live in self._live.values()):

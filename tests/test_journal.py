@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kiosk.errors import JournalError
-from kiosk.journal import FILENAME, SCHEMA_VERSION, Journal, OutboxMessage
+from kiosk.journal import FILENAME, SCHEMA_VERSION, Journal, OutboxMessage, StoredOrder
 from tests.journalkit import Clock, new_order, status
 
 
@@ -197,6 +197,49 @@ def test_commits_are_counted(db: Path) -> None:
         journal.pending_outbox()
         journal.mark_sent([1])
         assert journal.commits == 2
+
+
+def test_a_transaction_that_changes_nothing_is_not_counted(db: Path) -> None:
+    with Journal.open(db) as journal:
+        journal.mark_sent([99])  # no such message: nothing deleted
+        assert journal.commits == 0
+
+
+def add(journal: Journal, order_id: str, *, request_hash: str, state: str, seq: int) -> StoredOrder | None:
+    return journal.add(
+        order_id,
+        request_hash=request_hash,
+        request_json=f'{{"order_id":"{order_id}"}}',
+        state=state,
+        terminal=False,
+        data_json=f'{{"state":"{state}"}}',
+        transition=(None, state, "request"),
+        outbox=[status(order_id, seq)],
+    )
+
+
+def test_add_records_a_new_order_and_answers_a_known_id_without_writing(db: Path) -> None:
+    with Journal.open(db) as journal:
+        assert add(journal, "o1", request_hash="h1", state="received", seq=1) is None
+        first = journal.get("o1")
+        assert first is not None
+        assert (first.request_hash, first.state, first.status_seq) == ("h1", "received", 1)
+        assert len(journal.history("o1")) == 1
+        commits, queued = journal.commits, journal.pending_outbox()
+        # The same id again, whatever the content: the order held is returned, nothing written.
+        assert add(journal, "o1", request_hash="h2", state="approved", seq=1) == first
+        assert journal.get("o1") == first
+        assert len(journal.history("o1")) == 1
+        assert journal.pending_outbox() == queued
+        assert journal.commits == commits
+
+
+def test_add_keeps_the_status_seq_rule(db: Path) -> None:
+    with Journal.open(db) as journal:
+        with pytest.raises(JournalError, match="status seq 2 out of order"):
+            add(journal, "o1", request_hash="h1", state="received", seq=2)
+        assert journal.get("o1") is None
+        assert journal.commits == 0
 
 
 def test_threads_share_one_connection(db: Path) -> None:

@@ -14,6 +14,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import pytest
+
 from kiosk import runner as runner_module
 from kiosk.gateway import Gateway
 from kiosk.journal import FILENAME, Journal
@@ -26,6 +28,13 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 PREFIX = "vend/v1"
+CONFIG = RunnerConfig(
+    kiosk_id="k1",
+    topic_prefix=PREFIX,
+    currencies=("usd",),
+    max_amount=10_000,
+    policy=Policy(kiosk_id="k1", poll_interval_s=0.05),
+)
 
 
 class Witness:
@@ -90,14 +99,7 @@ async def sale(
     async with sim_gateway() as rig:
         rig.sim.auto_present(rig.reader, 0.0)
         witness = Witness(rig.gw, journal, hold=hold)
-        config = RunnerConfig(
-            kiosk_id="k1",
-            topic_prefix=PREFIX,
-            currencies=("usd",),
-            max_amount=10_000,
-            policy=Policy(kiosk_id="k1", poll_interval_s=0.05),
-        )
-        runner = Runner(config, journal, cast("Gateway", witness))  # a gateway in all it is asked
+        runner = Runner(CONFIG, journal, cast("Gateway", witness))  # a gateway in all it is asked
         task = asyncio.create_task(runner.run())
         try:
             witness.order_id = "o-1"
@@ -163,5 +165,75 @@ async def test_an_operators_cancel_while_capturing_is_refused_and_the_sale_is_ca
         assert stored is not None
         assert stored.state == "completed"
         assert json.loads(stored.data_json)["captured_amount"] == 250
+    finally:
+        journal.close()
+
+
+# --- A request's journal calls ------------------------------------------------------------------
+
+
+def record_calls(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the journal methods the runner calls from now on, in order."""
+    names: list[str] = []
+    real = journal.call
+
+    async def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        names.append(fn.__name__)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(journal, "call", call)
+    return names
+
+
+def published(journal: Journal) -> list[tuple[str, str | None]]:
+    """What the runner queued since the last look: (state, reason code) of each status."""
+    statuses = [json.loads(row.payload) for row in journal.take_fresh()]
+    return [(s["state"], s["reason"]["code"] if s["reason"] else None) for s in statuses]
+
+
+async def test_a_request_is_one_journal_call_and_a_used_order_id_is_answered_from_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal, _, _ = await sale(tmp_path, {"result": "success"})  # o-1: completed, no longer live
+    try:
+        ended = journal.get("o-1")
+        async with sim_gateway() as rig:
+            rig.sim.auto_present(rig.reader, 0.0)
+            runner = Runner(CONFIG, journal, rig.gw)
+            task = asyncio.create_task(runner.run())
+            try:
+                calls = record_calls(journal, monkeypatch)
+                published(journal)
+                # A new order: one call, which both finds the id unused and records the order.
+                await runner.on_message(f"{PREFIX}/order/o-2/request", message("o-2", amount=300, currency="usd"))
+                assert calls == ["add"]
+                assert published(journal) == [("received", None)]
+                await wait_state(journal, "o-2", "approved")
+                published(journal)
+                # o-1 again while o-2 holds the reader: not `busy`, the ended order's status.
+                calls.clear()
+                await runner.on_message(f"{PREFIX}/order/o-1/request", message("o-1", amount=250, currency="usd"))
+                assert published(journal) == [("completed", None)]
+                assert calls == ["get", "enqueue"]
+                # o-2 ends; then o-1 again would be served as new, but the journal knows the id.
+                await runner.on_message(f"{PREFIX}/order/o-2/vend_result", message("o-2", result="success"))
+                await wait_state(journal, "o-2", "completed")
+                published(journal)
+                commits = journal.commits
+                calls.clear()
+                await runner.on_message(f"{PREFIX}/order/o-1/request", message("o-1", amount=250, currency="usd"))
+                assert calls == ["add", "enqueue"]
+                assert published(journal) == [("completed", None)]
+                await runner.on_message(f"{PREFIX}/order/o-1/request", message("o-1", amount=999, currency="usd"))
+                assert published(journal) == [("rejected", "order_conflict"), ("completed", None)]
+                # Only the two answers were written; the ended order is as it was, and o-1 was
+                # never charged again (one PaymentIntent, captured once).
+                assert journal.commits - commits == 2
+                assert journal.get("o-1") == ended
+                assert [i.amount for i in rig.sim.ledger().intents] == [300]
+            finally:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
     finally:
         journal.close()
