@@ -49,7 +49,7 @@ async def pay(  # noqa: PLR0913 - the benchmark's knobs
     async def send(name: str, method: str, path: str, params: dict[str, Any], typed: Any) -> dict[str, Any]:
         calls[name] += 1
         if raw:
-            answer: dict[str, Any] = (await client.raw_request_async(method, path, **params)).data  # type: ignore[attr-defined]
+            answer: dict[str, Any] = (await client.raw_request_async(method, path, **params)).data
             return answer
         return dict((await typed()).to_dict())
 

@@ -320,7 +320,7 @@ async def controller(broker: Mosquitto, *, nodelay: bool = True) -> AsyncIterato
             # A controller on paho has Nagle on: its publish waits ~40 ms for the broker's delayed
             # ACK of its previous PUBACK. That is the controller's delay, not kiosk's.
             sock = client._client.socket()  # noqa: SLF001 - paho's socket
-            if sock is not None:
+            if isinstance(sock, socket.socket):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctl = Controller(client)
         await client.subscribe(f"{PREFIX}/order/+/status", qos=1)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 AUTH = "Authorization: Bearer sk_test_bench\r\n"
@@ -24,7 +25,7 @@ AUTH = "Authorization: Bearer sk_test_bench\r\n"
 
 async def call(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, path: str, body: str = ""
-) -> dict:
+) -> dict[str, Any]:
     head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\n{AUTH}"
     if method == "POST":
         head += f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
@@ -34,7 +35,7 @@ async def call(
     for line in status_headers.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    data = json.loads(await reader.readexactly(length))
+    data: dict[str, Any] = json.loads(await reader.readexactly(length))
     if not status_headers.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"{method} {path}: {data}")
     return data
