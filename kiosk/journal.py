@@ -12,8 +12,7 @@ House rules:
   (`await journal.call(journal.save, …)`), so the event loop never waits for an fsync; one
   connection, shared between threads under a lock. One dedicated thread rather than
   `asyncio.to_thread`: the hand-off costs half the CPU (bench/RESULTS.md), and the journal's work
-  runs in the order it was asked for. (kiosk.fleet's rarer store calls still use
-  `asyncio.to_thread`; the lock keeps them apart from the rest.)
+  runs in the order it was asked for. kiosk.fleet's store calls go through it too.
 - The schema is versioned with `PRAGMA user_version` and only migrates forward; a journal written
   by a newer kiosk is refused rather than misread.
 - Ended orders are kept for a bounded time (`prune`, settings `journal.keep_days`), open orders

@@ -209,7 +209,7 @@ class FleetAgent:
         from kiosk.runner import decode  # noqa: PLC0415 - the runner imports the fleet hook's caller
 
         since = self._clock() - CATCH_UP_S
-        rows = await asyncio.to_thread(self.store.terminal_orders, since)
+        rows = await self.host.journal.call(self.store.terminal_orders, since)
         events = [order_event(decode(row)) for row in rows]
         if events:
             await self.events.add(*events)
@@ -268,7 +268,7 @@ class FleetAgent:
 
     async def publish_all(self) -> list[str]:
         """state, info, health and config/reported, retained; returns what was published."""
-        version = await asyncio.to_thread(lambda: self.config_version)
+        version = await self.host.journal.call(lambda: self.config_version)
         await self._publish(self.topics.state, self._state(online=True, config_version=version), retain=True)
         await self.publish_info()
         await self.publish_health()
@@ -298,8 +298,8 @@ class FleetAgent:
         host = self.host
         now = self._clock()
         period = host.settings.fleet.health_period_s
-        recent = await asyncio.to_thread(host.journal.recent, now - health.DAY_S)
-        outbox = await asyncio.to_thread(self.store.stats)
+        recent = await host.journal.call(host.journal.recent, now - health.DAY_S)
+        outbox = await self.host.journal.call(self.store.stats)
         snap = host.availability.snapshot()
         last_ok = host.availability.last_ok
         self._health_seq += 1
@@ -375,12 +375,12 @@ class FleetAgent:
         """Report a job's progress on `jobs/{job_id}/update` (retained, through the durable outbox)."""
         body = payloads.job_update(status=status, step=step, progress=progress, reason=reason, ts=self._clock())
         message = OutboxMessage(self.topics.job_update(job_id), body, retain=True)
-        await asyncio.to_thread(self.host.journal.enqueue, [message])
+        await self.host.journal.call(self.host.journal.enqueue, [message])
         self.host.outbox_ready()
 
     async def _respond(self, name: str, body: bytes) -> None:
         message = OutboxMessage(self.topics.cmd_res(name), body, retain=False)
-        await asyncio.to_thread(self.host.journal.enqueue, [message])
+        await self.host.journal.call(self.host.journal.enqueue, [message])
         self.host.outbox_ready()
         if name == "restart" and self._restart_asked:
             self._keep(asyncio.get_running_loop().create_task(self._restart_when_sent(), name="fleet-restart"))
@@ -400,7 +400,7 @@ class FleetAgent:
             now = self._clock()
             if now - self._pruned_at >= PRUNE_EVERY_S:
                 self._pruned_at = now
-                await asyncio.to_thread(self.store.prune, now - KEEP_ACKED_S)
+                await self.host.journal.call(self.store.prune, now - KEEP_ACKED_S)
 
     # -- messages from the fleet ---------------------------------------------------------------
 
@@ -449,7 +449,7 @@ class FleetAgent:
             log.error("fleet.newer_session", session=session, ours=self.session, detail="two kiosks share this id?")
             return
         log.info("fleet.rebirth", seen_state=data.get("state"), seen_session=session, session=self.session)
-        version = await asyncio.to_thread(lambda: self.config_version)
+        version = await self.host.journal.call(lambda: self.config_version)
         await self._quietly(
             self._publish(self.topics.state, self._state(online=True, config_version=version), retain=True)
         )
@@ -491,13 +491,13 @@ class FleetAgent:
         else:
             restart = remote_config.needs_restart(host.settings, desired.settings)
             record = ConfigRecord(version, "pending_restart" if restart else "applied", config or {}, [])
-            await asyncio.to_thread(self.store.record_config, record, self._clock())
+            await self.host.journal.call(self.store.record_config, record, self._clock())
             self._apply(desired)
             if desired.maintenance is not None:
                 await self._set_maint(desired.maintenance)
             log.info("fleet.config_applied", version=version, status=record.status)
         if record.status == "rejected":
-            await asyncio.to_thread(self.store.record_config, record, self._clock())
+            await self.host.journal.call(self.store.record_config, record, self._clock())
         self.config_record = record
         await self._quietly(self.publish_reported())
         if record.status != "rejected":
@@ -525,7 +525,7 @@ class FleetAgent:
             self._health_bell.set()
 
     async def _set_maint(self, maintenance: remote_config.Maintenance) -> None:
-        await asyncio.to_thread(remote_config.save_maintenance, self.host.journal, maintenance)
+        await self.host.journal.call(remote_config.save_maintenance, self.host.journal, maintenance)
         self.maintenance = maintenance
         self.host.availability.maintenance = maintenance.reason()
         self.host.announce_soon()
@@ -546,10 +546,10 @@ class FleetAgent:
             )
             return
         key = f"job:{job_id}"
-        if await asyncio.to_thread(self.store.answered, key) is not None:
+        if await self.host.journal.call(self.store.answered, key) is not None:
             return  # a job id runs at most once; the retained document comes back at every connect
         now = self._clock()
-        await asyncio.to_thread(self.store.remember, key, "job", b"", now)
+        await self.host.journal.call(self.store.remember, key, "job", b"", now)
         try:
             not_after = payloads.timestamp(doc.get("not_after"), "not_after")
         except payloads.BadPayload as exc:
@@ -620,7 +620,7 @@ class FleetAgent:
         """Stop once the response left the journal outbox (bounded: it is durable there anyway)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(RESTART_DRAIN_S):
-                while (await asyncio.to_thread(self.host.journal.outbox_stats)).depth:  # noqa: ASYNC110 - in SQLite
+                while (await self.host.journal.call(self.host.journal.outbox_stats)).depth:  # noqa: ASYNC110 - in SQLite
                     await asyncio.sleep(0.05)
         log.info("fleet.restart", exit_code=EXIT_RESTART)
         self.host.request_stop(EXIT_RESTART)

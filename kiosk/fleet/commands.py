@@ -102,7 +102,7 @@ class Desk:
         if self._key is not None and not signing.verify(data, self._key):
             await self._answer(name, request_id, ("bad_signature", "the request is not signed with the fleet's key"))
             return
-        previous = await asyncio.to_thread(self._store.answered, request_id)
+        previous = await self._store.journal.call(self._store.answered, request_id)
         if previous is not None:
             log.info("fleet.command_repeated", command=name, request_id=request_id)
             if previous:
@@ -139,7 +139,7 @@ class Desk:
         if not isinstance(args, dict):
             await self._answer(name, request_id, ("bad_request", "args must be an object"))
             return
-        if not await asyncio.to_thread(self._store.remember, request_id, name, None, now):
+        if not await self._store.journal.call(self._store.remember, request_id, name, None, now):
             return  # recorded between the check and now: the other delivery answers
         log.info("fleet.command", command=name, request_id=request_id)
         self._running.add(name)
@@ -161,7 +161,7 @@ class Desk:
                 body = payloads.response(request_id, ts=self._clock(), error=("internal_error", type(exc).__name__))
             else:
                 body = payloads.response(request_id, ts=self._clock(), data=data or {})
-            await asyncio.to_thread(self._store.set_response, request_id, body)
+            await self._store.journal.call(self._store.set_response, request_id, body)
             await self._respond(name, body)
         finally:
             self._running.discard(name)

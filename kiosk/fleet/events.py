@@ -71,7 +71,7 @@ class EventOutbox:
 
     async def add(self, *events: NewEvent) -> list[int]:
         """Append events (durable when this returns) and wake the sender; returns their seqs."""
-        seqs = await asyncio.to_thread(self._store.append, events, self._clock())
+        seqs = await self._store.journal.call(self._store.append, events, self._clock())
         if seqs:
             log.info("fleet.event", types=[e.type for e in events], seqs=seqs)
             self._bell.set()
@@ -83,7 +83,7 @@ class EventOutbox:
 
     async def ack(self, upto_seq: int) -> None:
         """Apply the fleet's acknowledgement."""
-        done = await asyncio.to_thread(self._store.ack, upto_seq)
+        done = await self._store.journal.call(self._store.ack, upto_seq)
         if done is None:
             log.warning(
                 "fleet.ack_ahead", upto_seq=upto_seq, detail="the fleet acknowledged events this journal never had"
@@ -93,7 +93,7 @@ class EventOutbox:
 
     async def reconnected(self) -> None:
         """After a (re)connect every unacknowledged event is due again: the broker may have lost it."""
-        await asyncio.to_thread(self._store.unsend)
+        await self._store.journal.call(self._store.unsend)
         self._bell.set()
 
     async def run(self, publish: Publish, wait_connected: Callable[[], Awaitable[None]]) -> None:
@@ -101,9 +101,9 @@ class EventOutbox:
         while True:
             await wait_connected()
             now = self._clock()
-            rows = await asyncio.to_thread(self._store.due, now - self._resend_after_s, BATCH)
+            rows = await self._store.journal.call(self._store.due, now - self._resend_after_s, BATCH)
             if not rows:
-                stats = await asyncio.to_thread(self._store.stats)
+                stats = await self._store.journal.call(self._store.stats)
                 timeout = None
                 if stats.last_sent_at is not None:
                     timeout = max(0.5, stats.last_sent_at + self._resend_after_s - now)
@@ -127,4 +127,4 @@ class EventOutbox:
                 await asyncio.sleep(0.5)
             finally:
                 if sent:
-                    await asyncio.to_thread(self._store.mark_sent, sent, self._clock())
+                    await self._store.journal.call(self._store.mark_sent, sent, self._clock())

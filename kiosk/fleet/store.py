@@ -1,6 +1,7 @@
 """kiosk.fleet's tables in the journal (migration 2): event outbox, remote config, answered requests.
 
-Each method is one short transaction; callers run them through `asyncio.to_thread`.
+Each method is one short transaction; callers run them on the journal's thread
+(`await store.journal.call(store.append, …)`), in turn with the orders' own journal work.
 """
 
 from __future__ import annotations
