@@ -3,8 +3,8 @@
 House rules:
 - Every write is ONE transaction (`BEGIN IMMEDIATE` … `COMMIT`) on a WAL database with
   `synchronous=FULL`: once a method returns, the change survives a power cut; if it raises, none of
-  it was written. (One exception, the outbox marks of `mark_sent` and `mark_sent_later`: a lost
-  mark only means a message published again.)
+  it was written. (The exceptions are marks of what was sent: the outbox's `mark_sent` and
+  `mark_sent_later`, and kiosk.fleet's event marks. A lost mark only means a message sent again.)
 - The journal does not know the order state machine: it stores the order's state name and the
   whole serialized core state as JSON text, an append-only list of transitions, and an outbox of
   MQTT messages that are published after the commit and forgotten once the broker acknowledged them.
@@ -468,9 +468,13 @@ class Journal:
             self._conn.execute("PRAGMA synchronous=FULL")
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction for tables kept by other modules (kiosk.fleet.store)."""
-        with self._write() as conn:
+    def writing(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction for tables kept by other modules (kiosk.fleet.store).
+
+        Without `durable`, its commit skips the fsync (see `_synchronous`): only for what a power
+        cut may undo at no cost but a repetition.
+        """
+        with self._write(durable=durable) as conn:
             yield conn
 
     @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The journal's one non-durable write: outbox marks skip their fsync, and nothing else does."""
+"""The journal's non-durable writes: marks of what was sent skip their fsync, and nothing else does."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kiosk.fleet.store import FleetStore, NewEvent
 from kiosk.journal import Journal, OutboxMessage
 
 FULL, NORMAL = 2, 1
@@ -58,3 +59,26 @@ def test_other_writes_stay_full(tmp_path: Path) -> None:
         assert synchronous(journal) == FULL
         journal.set_meta("k", "v")
         assert synchronous(journal) == FULL
+
+
+def test_the_fleets_event_marks_commit_without_fsync_and_restore_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.in_dir(tmp_path) as journal:
+        store = FleetStore(journal)
+        seqs = store.append([NewEvent("e1", "order.completed", {"order_id": "o1"})], now=1.0)
+        assert synchronous(journal) == FULL
+        seen: list[int] = []
+        conn = journal._conn
+
+        def spy(sql: str, rows: Any) -> Any:
+            seen.append(int(conn.execute("PRAGMA synchronous").fetchone()[0]))
+            return conn.executemany(sql, rows)
+
+        monkeypatch.setattr(journal, "_conn", _Wrapped(conn, spy))
+        store.mark_sent(seqs, at=2.0)
+        monkeypatch.undo()
+        assert seen == [NORMAL]
+        assert synchronous(journal) == FULL
+        assert [(e.seq, e.sent_at) for e in store.due(resend_before=0.0)] == []  # sent, not due yet
+        assert [(e.seq, e.sent_at) for e in store.due(resend_before=3.0)] == [(seqs[0], 2.0)]
