@@ -30,7 +30,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kiosk import __version__, logs, messages
+from kiosk import __version__, crashpoints, logs, messages
 from kiosk.bus import Bus, Publication
 from kiosk.errors import BusUnavailable, UpstreamError
 from kiosk.fleet import health, payloads, remote_config, signing
@@ -157,6 +157,9 @@ class FleetAgent:
         self._device_type: str | None = None
         self._serial: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set once the fleet Will's connection is up: `state` says online only after that, so a
+        # kiosk killed at any moment after saying online leaves offline behind (the Will).
+        self._will_armed = asyncio.Event()
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -201,6 +204,7 @@ class FleetAgent:
         will = self.will()
         sentinel = Bus(self.host.settings.mqtt, client_id=f"kioskd-{self.host.settings.id}-fleet", will=will)
         async with sentinel, asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._arm_will(sentinel), name="fleet-will")
             tasks.create_task(self.events.run(self._publish_event, self.host.bus.wait_connected), name="fleet-events")
             tasks.create_task(self._health_loop(), name="fleet-health")
 
@@ -240,6 +244,16 @@ class FleetAgent:
             self._device_type = snap.device_type
             self._keep(asyncio.get_running_loop().create_task(self._quietly(self.publish_info())))
 
+    async def _arm_will(self, sentinel: Bus) -> None:
+        await sentinel.wait_connected()
+        self._will_armed.set()
+
+    async def _say_online(self, config_version: int | None) -> None:
+        """`state` online, retained, once the Will is armed (see `_will_armed`)."""
+        await self._will_armed.wait()
+        await self._publish(self.topics.state, self._state(online=True, config_version=config_version), retain=True)
+        crashpoints.reached("fleet_said_online")
+
     async def on_connect(self) -> None:
         """Connected (again): unacknowledged events are due; state, info, health, config re-published."""
         await self.events.reconnected()
@@ -269,7 +283,7 @@ class FleetAgent:
     async def publish_all(self) -> list[str]:
         """state, info, health and config/reported, retained; returns what was published."""
         version = await self.host.journal.call(lambda: self.config_version)
-        await self._publish(self.topics.state, self._state(online=True, config_version=version), retain=True)
+        await self._say_online(version)
         await self.publish_info()
         await self.publish_health()
         await self.publish_reported()
@@ -450,9 +464,7 @@ class FleetAgent:
             return
         log.info("fleet.rebirth", seen_state=data.get("state"), seen_session=session, session=self.session)
         version = await self.host.journal.call(lambda: self.config_version)
-        await self._quietly(
-            self._publish(self.topics.state, self._state(online=True, config_version=version), retain=True)
-        )
+        await self._quietly(self._say_online(version))
 
     def _signed(self, data: dict[str, Any]) -> bool:
         return self.key is None or signing.verify(data, self.key)
@@ -501,9 +513,7 @@ class FleetAgent:
         self.config_record = record
         await self._quietly(self.publish_reported())
         if record.status != "rejected":
-            await self._quietly(
-                self._publish(self.topics.state, self._state(online=True, config_version=version), retain=True)
-            )
+            await self._quietly(self._say_online(version))
 
     def _apply(self, desired: remote_config.Desired) -> None:
         """Put the live subset in force: new orders use it; orders in flight keep their own policy."""

@@ -6,6 +6,7 @@ client following `fleet/v1/k1/#`.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,24 @@ async def test_a_killed_daemon_leaves_offline_with_its_session_and_the_next_star
     rig.daemon.start()
     second = await op.wait_online(session=first["session"] + 1)
     assert second["boot_id"] != first["boot_id"]
+
+
+async def test_a_kiosk_killed_right_after_saying_online_leaves_offline_behind(fleet: tuple[Rig, Operator]) -> None:
+    # `state` says online only once the fleet Will's own connection is up: a kiosk that dies the
+    # moment after saying online must not stay online in the fleet's view for good.
+    rig, op = fleet
+    first = await op.wait_online()
+    rig.daemon.terminate()
+    await op.wait_for("state", lambda p: p["state"] == "offline" and p["session"] == first["session"])
+    for run in range(3):
+        rig.daemon.start(crash_at="fleet_said_online")  # SIGKILLed right after the online publish
+        session = first["session"] + 1 + run
+        await op.wait_online(session=session)
+        assert await rig.daemon.wait_exit() == -signal.SIGKILL
+        will = await op.wait_for("state", lambda p, s=session: p["state"] == "offline" and p["session"] == s)
+        assert will["boot_id"] != first["boot_id"]
+    rig.daemon.start()
+    await op.wait_online(session=first["session"] + 4)
 
 
 async def test_a_late_will_from_an_older_session_is_answered_with_online_again(fleet: tuple[Rig, Operator]) -> None:
