@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kiosk import logs
 from kiosk.errors import BusUnavailable
 from kiosk.fleet import payloads
-from kiosk.fleet.store import FleetStore, NewEvent
+from kiosk.fleet.store import EventStats, FleetStore, NewEvent, StoredEvent
 
 if TYPE_CHECKING:
     from kiosk.model import OrderData
@@ -96,18 +96,22 @@ class EventOutbox:
         await self._store.journal.call(self._store.unsend)
         self._bell.set()
 
+    def _look(self, resend_before: float) -> tuple[list[StoredEvent], EventStats | None]:
+        """On the journal's thread: the events due, or, when none is, the outbox's figures."""
+        rows = self._store.due(resend_before, BATCH)
+        return rows, None if rows else self._store.stats()
+
     async def run(self, publish: Publish, wait_connected: Callable[[], Awaitable[None]]) -> None:
         """Send due events for ever; sleeps until an event is added or a re-send is due."""
         while True:
             await wait_connected()
             now = self._clock()
-            rows = await self._store.journal.call(self._store.due, now - self._resend_after_s, BATCH)
-            if not rows:
-                stats = await self._store.journal.call(self._store.stats)
+            self._bell.clear()  # before looking: an event added from now on rings it again
+            rows, stats = await self._store.journal.call(self._look, now - self._resend_after_s)
+            if stats is not None:
                 timeout = None
                 if stats.last_sent_at is not None:
                     timeout = max(0.5, stats.last_sent_at + self._resend_after_s - now)
-                self._bell.clear()
                 try:
                     async with asyncio.timeout(timeout):
                         await self._bell.wait()
