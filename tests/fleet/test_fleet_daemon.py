@@ -17,7 +17,7 @@ from tests.fleet.operator import Operator, operator
 from tests.harness import Rig, retained, start_rig
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -99,15 +99,19 @@ async def test_a_kiosk_killed_right_after_saying_online_leaves_offline_behind(fl
     # moment after saying online must not stay online in the fleet's view for good.
     rig, op = fleet
     first = await op.wait_online()
+
+    def offline(session: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda p: p["state"] == "offline" and p["session"] == session
+
     rig.daemon.terminate()
-    await op.wait_for("state", lambda p: p["state"] == "offline" and p["session"] == first["session"])
+    await op.wait_for("state", offline(first["session"]))
     for run in range(3):
         rig.daemon.start(crash_at="fleet_said_online")  # SIGKILLed right after the online publish
         session = first["session"] + 1 + run
-        await op.wait_online(session=session)
+        online = await op.wait_online(session=session)
         assert await rig.daemon.wait_exit() == -signal.SIGKILL
-        will = await op.wait_for("state", lambda p, s=session: p["state"] == "offline" and p["session"] == s)
-        assert will["boot_id"] != first["boot_id"]
+        will = await op.wait_for("state", offline(session))
+        assert will["boot_id"] == online["boot_id"] != first["boot_id"]
     rig.daemon.start()
     await op.wait_online(session=first["session"] + 4)
 
