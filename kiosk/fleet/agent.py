@@ -157,9 +157,10 @@ class FleetAgent:
         self._device_type: str | None = None
         self._serial: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Set once the fleet Will's connection is up: `state` says online only after that, so a
-        # kiosk killed at any moment after saying online leaves offline behind (the Will).
-        self._will_armed = asyncio.Event()
+        # The connection that holds the fleet Will (made in `run`). `state` says online only while
+        # it is up, so a kiosk killed at any moment after saying online leaves offline behind.
+        self._sentinel: Bus | None = None
+        self._sentinel_made = asyncio.Event()
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -204,7 +205,8 @@ class FleetAgent:
         will = self.will()
         sentinel = Bus(self.host.settings.mqtt, client_id=f"kioskd-{self.host.settings.id}-fleet", will=will)
         async with sentinel, asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._arm_will(sentinel), name="fleet-will")
+            self._sentinel = sentinel
+            self._sentinel_made.set()
             tasks.create_task(self.events.run(self._publish_event, self.host.bus.wait_connected), name="fleet-events")
             tasks.create_task(self._health_loop(), name="fleet-health")
 
@@ -244,15 +246,23 @@ class FleetAgent:
             self._device_type = snap.device_type
             self._keep(asyncio.get_running_loop().create_task(self._quietly(self.publish_info())))
 
-    async def _arm_will(self, sentinel: Bus) -> None:
-        await sentinel.wait_connected()
-        self._will_armed.set()
+    def _say_online_soon(self, config_version: int | None) -> None:
+        """`state` online, retained, from a task of its own once the Will's connection is up.
+
+        Never awaited where messages are handled: waiting there for the Will's connection would
+        hold up the orders' messages behind it.
+        """
+        self._keep(asyncio.get_running_loop().create_task(self._say_online(config_version), name="fleet-online"))
 
     async def _say_online(self, config_version: int | None) -> None:
-        """`state` online, retained, once the Will is armed (see `_will_armed`)."""
-        await self._will_armed.wait()
-        await self._publish(self.topics.state, self._state(online=True, config_version=config_version), retain=True)
-        crashpoints.reached("fleet_said_online")
+        await self._sentinel_made.wait()
+        if self._sentinel is not None:
+            await self._sentinel.wait_connected()
+        if self._stopping:
+            return  # `say_offline` has spoken: an online now would outlive the stop
+        with contextlib.suppress(BusUnavailable):
+            await self._publish(self.topics.state, self._state(online=True, config_version=config_version), retain=True)
+            crashpoints.reached("fleet_said_online")
 
     async def on_connect(self) -> None:
         """Connected (again): unacknowledged events are due; state, info, health, config re-published."""
@@ -281,9 +291,12 @@ class FleetAgent:
             await publishing
 
     async def publish_all(self) -> list[str]:
-        """state, info, health and config/reported, retained; returns what was published."""
+        """state, info, health and config/reported, retained; returns what was published.
+
+        `state` goes from a task of its own once the fleet Will's connection is up (`_say_online_soon`).
+        """
         version = await self.host.journal.call(lambda: self.config_version)
-        await self._say_online(version)
+        self._say_online_soon(version)
         await self.publish_info()
         await self.publish_health()
         await self.publish_reported()
@@ -464,7 +477,7 @@ class FleetAgent:
             return
         log.info("fleet.rebirth", seen_state=data.get("state"), seen_session=session, session=self.session)
         version = await self.host.journal.call(lambda: self.config_version)
-        await self._quietly(self._say_online(version))
+        self._say_online_soon(version)
 
     def _signed(self, data: dict[str, Any]) -> bool:
         return self.key is None or signing.verify(data, self.key)
@@ -513,7 +526,7 @@ class FleetAgent:
         self.config_record = record
         await self._quietly(self.publish_reported())
         if record.status != "rejected":
-            await self._quietly(self._say_online(version))
+            self._say_online_soon(version)
 
     def _apply(self, desired: remote_config.Desired) -> None:
         """Put the live subset in force: new orders use it; orders in flight keep their own policy."""
