@@ -202,6 +202,7 @@ class FleetAgent:
     async def run(self) -> None:
         """The agent's tasks, until cancelled."""
         await self._catch_up()
+        await crashpoints.pause("fleet_will_connection")
         will = self.will()
         sentinel = Bus(self.host.settings.mqtt, client_id=f"kioskd-{self.host.settings.id}-fleet", will=will)
         async with sentinel, asyncio.TaskGroup() as tasks:

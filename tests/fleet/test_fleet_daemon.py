@@ -104,6 +104,8 @@ async def test_a_kiosk_killed_right_after_saying_online_leaves_offline_behind(fl
 
     rig.daemon.terminate()
     await op.wait_for("state", offline(first["session"]))
+    # The Will's connection is made a second late: the main connection is up well before it.
+    rig.daemon.env["KIOSK_TEST_PAUSE_AT"] = "fleet_will_connection:1"
     for run in range(3):
         rig.daemon.start(crash_at="fleet_said_online")  # SIGKILLed right after the online publish
         session = first["session"] + 1 + run
@@ -111,6 +113,7 @@ async def test_a_kiosk_killed_right_after_saying_online_leaves_offline_behind(fl
         assert await rig.daemon.wait_exit() == -signal.SIGKILL
         will = await op.wait_for("state", offline(session))
         assert will["boot_id"] == online["boot_id"] != first["boot_id"]
+    del rig.daemon.env["KIOSK_TEST_PAUSE_AT"]
     rig.daemon.start()
     await op.wait_online(session=first["session"] + 4)
 
