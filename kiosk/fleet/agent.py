@@ -157,10 +157,9 @@ class FleetAgent:
         self._device_type: str | None = None
         self._serial: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        # The connection that holds the fleet Will (made in `run`). `state` says online only while
-        # it is up, so a kiosk killed at any moment after saying online leaves offline behind.
-        self._sentinel: Bus | None = None
-        self._sentinel_made = asyncio.Event()
+        # The idle connection that holds the fleet Will (entered in `run`). `state` says online
+        # only while it is up, so a kiosk killed at any moment after saying online leaves offline.
+        self._sentinel = Bus(settings.mqtt, client_id=f"kioskd-{settings.id}-fleet", will=self.will())
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -203,11 +202,7 @@ class FleetAgent:
         """The agent's tasks, until cancelled."""
         await self._catch_up()
         await crashpoints.pause("fleet_will_connection")
-        will = self.will()
-        sentinel = Bus(self.host.settings.mqtt, client_id=f"kioskd-{self.host.settings.id}-fleet", will=will)
-        async with sentinel, asyncio.TaskGroup() as tasks:
-            self._sentinel = sentinel
-            self._sentinel_made.set()
+        async with self._sentinel, asyncio.TaskGroup() as tasks:
             tasks.create_task(self.events.run(self._publish_event, self.host.bus.wait_connected), name="fleet-events")
             tasks.create_task(self._health_loop(), name="fleet-health")
 
@@ -256,9 +251,7 @@ class FleetAgent:
         self._keep(asyncio.get_running_loop().create_task(self._say_online(config_version), name="fleet-online"))
 
     async def _say_online(self, config_version: int | None) -> None:
-        await self._sentinel_made.wait()
-        if self._sentinel is not None:
-            await self._sentinel.wait_connected()
+        await self._sentinel.wait_connected()
         if self._stopping:
             return  # `say_offline` has spoken: an online now would outlive the stop
         with contextlib.suppress(BusUnavailable):
@@ -327,7 +320,7 @@ class FleetAgent:
         now = self._clock()
         period = host.settings.fleet.health_period_s
         recent = await host.journal.call(host.journal.recent, now - health.DAY_S)
-        outbox = await self.host.journal.call(self.store.stats)
+        outbox = await host.journal.call(self.store.stats)
         snap = host.availability.snapshot()
         last_ok = host.availability.last_ok
         self._health_seq += 1
