@@ -86,9 +86,13 @@ class Rounds:
     """CPU per order of each round: kiosk's, then the bare script's (typed, raw) right after it."""
 
     kiosk: list[float] = field(default_factory=list)
-    bare: list[float] = field(default_factory=list)
     raw: list[float] = field(default_factory=list)
     bare_results: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def bare(self) -> list[float]:
+        """The bare script's CPU per order, round by round."""
+        return [result["cpu_ms_per_order"] for result in self.bare_results]
 
 
 def split(total: int, rounds: int) -> list[int]:
@@ -133,7 +137,6 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
                     # the same requests as kiosk's, the reader read carrying the PaymentIntent.
                     result = bare(s.url, s.reader, bare_orders, interval, "--expand")
                     measured.bare_results.append(result)
-                    measured.bare.append(result["cpu_ms_per_order"])
                     raw = bare(s.url, s.reader, bare_orders, interval, "--expand", "--raw")
                     measured.raw.append(raw["cpu_ms_per_order"])
                 rss_end, rss_peak = rig.rss_mb(daemon.pid)

@@ -200,15 +200,17 @@ class Daemon:
     def stop(self) -> int | None:
         """SIGTERM and wait.
 
-        Under a wrapper (strace), the signal goes to the wrapper's children, the daemon itself:
-        strace would detach on SIGTERM and leave the daemon running.
+        Under a wrapper that runs the daemon as its child (strace), the signal goes to the child,
+        the daemon itself: strace would detach on SIGTERM and leave the daemon running. A wrapper
+        that becomes the daemon (valgrind) has no child and gets the signal itself.
         """
         code = None
         if self.proc is not None and self.proc.poll() is None:
-            for child in self._children():
+            children = self._children()
+            for child in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGTERM)
-            if not self._wrapped:
+            if not children:
                 self.proc.terminate()
             try:
                 code = self.proc.wait(20)
