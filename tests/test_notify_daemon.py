@@ -4,6 +4,7 @@ loaded, WATCHDOG=1 from the event loop (and not once the loop is wedged), STOPPI
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -78,6 +79,8 @@ async def test_ready_watchdog_and_stopping(rig: CrashRig, notify: NotifySocket) 
     rig.daemon.start()
     ready = await notify.wait_for("READY=1")
     print(f"start -> READY=1: {ready - started:.2f} s")
+    ready_line = next(json.loads(line) for line in rig.daemon.log().splitlines() if '"event": "service.ready"' in line)
+    assert ready_line["event_loop"] == "uvloop"  # the loop kiosk is measured on (bench/RESULTS.md)
     # Fed again and again after READY (every 0.5 s when idle); waited for, not counted after a
     # fixed sleep, so a slow start on a loaded machine does not make it look unfed.
     await notify.wait_count("WATCHDOG=1", 3, since=ready)
