@@ -16,8 +16,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import uvloop
-
 from kiosk import __version__, crashpoints, logs, messages
 from kiosk.availability import Availability
 from kiosk.bus import Bus, Publication
@@ -33,7 +31,7 @@ from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
 from kiosk.systemd import Notifier
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Coroutine, Sequence
 
     from kiosk.journal import OutboxRow
     from kiosk.settings import Settings
@@ -452,13 +450,16 @@ def run(settings: Settings) -> int:
     async def main() -> int:
         service = Service(settings)
         service_box.append(service)
-        return await service.run()
+        try:
+            return await service.run()
+        finally:
+            # The journal's last calls (a caller cancelled by the stop may have left one running)
+            # finish while the loop still runs: a result handed back to a loop that is closing
+            # would make it refuse to close, and a clean stop would exit 1.
+            await asyncio.to_thread(service.journal.close)
 
     try:
-        # uvloop, libuv's event loop: kiosk's own work is mostly the loop's (a journal result
-        # handed back from its thread, MQTT writes and acknowledgements, timers), and uvloop does
-        # it in C: about 7 % less CPU per sale than asyncio's own loop (bench/RESULTS.md).
-        return uvloop.run(main())
+        return _event_loop_runner()(main())
     except BaseExceptionGroup as group:
         # A task died: say which and why in the log (journald keeps it), then let the command
         # line print the first cause as one sentence and exit 1, so that systemd restarts kiosk.
@@ -470,6 +471,22 @@ def run(settings: Settings) -> int:
         for service in service_box:
             service.journal.close()
             service.notifier.close()
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """The event loop runner: `uvloop.run` when uvloop is installed, else `asyncio.run` (and a warning).
+
+    uvloop, libuv's event loop, does kiosk's own work — a journal result handed back from its
+    thread, MQTT writes and acknowledgements, timers — in C: about 7 % less CPU per sale than
+    asyncio's loop (bench/RESULTS.md). kiosk depends on it; a release installed next to an older
+    one's packages (a fleet update with `inherit`) may not have it, and must still run.
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - only `kiosk run` needs it, and it may be missing
+    except ImportError as exc:
+        log.warning("service.uvloop_missing", problem=str(exc), event_loop="asyncio")
+        return asyncio.run
+    return uvloop.run
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
