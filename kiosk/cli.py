@@ -49,17 +49,20 @@ def _cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     del out
-    from kiosk import service, settings  # noqa: PLC0415 - each command imports what it needs
+    from kiosk import settings  # noqa: PLC0415 - each command imports what it needs
 
     loaded = settings.load(args.config)
     REDACTOR.add(loaded.settings.secret_values())
     if loaded.settings.fleet.enabled:
         from kiosk.fleet import updates  # noqa: PLC0415 - each command imports what it needs
 
-        # A software update on trial that keeps failing is switched back before anything else.
+        # A software update on trial that keeps failing is switched back before anything else —
+        # before the daemon's own modules are imported, since a release may fail right there.
         code = updates.boot_guard(loaded.settings)
         if code is not None:
             return code
+    from kiosk import service  # noqa: PLC0415 - after the guard, see above
+
     return service.run(loaded.settings)
 
 

@@ -49,9 +49,11 @@ class Wheels:
 @pytest.fixture(name="wheels_built", scope="session")
 def fixture_wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
     out = tmp_path_factory.mktemp("wheels")
+    # It fails as the daemon's modules are imported — as a release missing a package it needs
+    # would — so the guard must run before them.
     broken_edit = (
-        '    """Run the daemon to completion."""\n',
-        '    """Run the daemon to completion."""\n    raise RuntimeError("a deliberately broken release")\n',
+        "from kiosk import __version__, crashpoints, logs, messages\n",
+        'raise ImportError("a deliberately broken release")\n',
     )
     return Wheels(
         base=wheels.build(out, __version__),
