@@ -40,6 +40,12 @@ setup_venv() {
     fi
 }
 
+ensure_strace() {
+    # tests/test_systemd_syscalls.py runs a sale under strace, to check the unit's system call filter.
+    if command -v strace >/dev/null 2>&1; then return 0; fi
+    _apt_install strace || exit 1
+}
+
 ensure_mosquitto() {
     if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then return 0; fi
     _apt_install mosquitto mosquitto-clients || exit 1

@@ -22,13 +22,13 @@ from collections import defaultdict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
-    from pathlib import Path
 
     from kiosk.mosquitto import Mosquitto
     from kiosk.simulator import Simulator
@@ -106,6 +106,8 @@ class Daemon:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+        # A command the daemon runs under (strace); `terminate` then signals the daemon itself.
+        self.wrapper: list[str] = []
 
     def start(self, *, crash_at: str | None = None) -> None:
         """Start (or restart) the daemon; `crash_at` arms a crash point for this run."""
@@ -117,7 +119,7 @@ class Daemon:
             log.write(f"--- run {self.runs} crash_at={crash_at}\n".encode())
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kiosk", "run"],
+                [*self.wrapper, sys.executable, "-m", "kiosk", "run"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -137,7 +139,14 @@ class Daemon:
     def terminate(self, timeout: float = 20) -> int:
         """SIGTERM, as systemd stop does; returns the exit code."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        if self.wrapper:
+            # strace would detach on SIGTERM and leave the daemon running: the daemon gets it,
+            # and the wrapper ends with it.
+            pid = self.proc.pid
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            os.kill(int(children[0]), signal.SIGTERM)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
     async def wait_exit(self, timeout: float = 20) -> int:
