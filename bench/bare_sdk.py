@@ -6,8 +6,7 @@ ends, read the PaymentIntent (with its charge, for the card and `capture_before`
 read did not carry it (`--expand` makes it carry it, as kiosk's reads do), and capture — with the
 same stripe-python async client over httpx and the same idempotency keys kiosk sends. `--raw`
 makes the requests as kiosk's gateway does (the client's `raw_request_async`, answers read as
-plain JSON rather than StripeObjects); `--uvloop` runs it on uvloop, the event loop `kiosk run`
-uses. `bench/orders.py` runs it beside `kiosk run`; alone:
+plain JSON rather than StripeObjects). `bench/orders.py` runs it beside `kiosk run`; alone:
 
     .venv/bin/python bench/bare_sdk.py --api-base http://127.0.0.1:12111 --reader tmr_… [--orders 1000]
 
@@ -27,7 +26,6 @@ from collections import Counter
 from typing import Any
 
 import stripe
-import uvloop
 
 WARMUP = 20
 
@@ -163,11 +161,10 @@ def main() -> None:
     parser.add_argument("--expand", action="store_true", help="read the reader with its PI expanded")
     parser.add_argument("--raw", action="store_true", help="raw requests read as plain JSON, as kiosk's gateway does")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, the event loop kiosk runs on")
     args = parser.parse_args()
     if not args.api_base.startswith(("http://127.", "http://localhost")):
         raise SystemExit("loopback only")
-    result = uvloop.run(main_async(args)) if args.uvloop else asyncio.run(main_async(args))
+    result = asyncio.run(main_async(args))
     if args.json:
         print(json.dumps(result))
     else:

@@ -7,9 +7,8 @@ payment at a time), in `--rounds` rounds. After each of kiosk's rounds, `bench/b
 the same Stripe calls for its share of `--bare-orders` payments with the stripe client alone — no
 MQTT, no journal — against the same simulator: once with the client's typed calls (the headline
 ratio), once with raw requests read as plain JSON, as kiosk's gateway makes them (the least a
-program could do), and once with the typed calls on uvloop, the event loop `kiosk run` uses.
-Alternating keeps a drift of the machine's speed during the run (a virtual machine's neighbours)
-out of the ratio: both sides are measured under it alike.
+program could do). Alternating keeps a drift of the machine's speed during the run (a virtual
+machine's neighbours) out of the ratio: both sides are measured under it alike.
 
 Prints: CPU per order (user + system) of both and their ratio; Stripe requests per order of both;
 RSS after start, after the run and at its peak; orders per second (the ceiling: nothing waits on
@@ -84,11 +83,10 @@ def bare(url: str, reader: str, orders: int, interval: float, *flags: str) -> di
 
 @dataclass
 class Rounds:
-    """CPU per order of each round: kiosk's, then the bare script's (typed, raw, uvloop) right after it."""
+    """CPU per order of each round: kiosk's, then the bare script's (typed, raw) right after it."""
 
     kiosk: list[float] = field(default_factory=list)
     raw: list[float] = field(default_factory=list)
-    uvloop: list[float] = field(default_factory=list)
     bare_results: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -141,8 +139,6 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
                     measured.bare_results.append(result)
                     raw = bare(s.url, s.reader, bare_orders, interval, "--expand", "--raw")
                     measured.raw.append(raw["cpu_ms_per_order"])
-                    on_uvloop = bare(s.url, s.reader, bare_orders, interval, "--expand", "--uvloop")
-                    measured.uvloop.append(on_uvloop["cpu_ms_per_order"])
                 rss_end, rss_peak = rig.rss_mb(daemon.pid)
         finally:
             code = daemon.stop()
@@ -163,17 +159,12 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
         weights = split(args.bare_orders, rounds)
         bare_ms = sum(w * ms for w, ms in zip(weights, measured.bare, strict=True)) / args.bare_orders
         raw_ms = sum(w * ms for w, ms in zip(weights, measured.raw, strict=True)) / args.bare_orders
-        uv_ms = sum(w * ms for w, ms in zip(weights, measured.uvloop, strict=True)) / args.bare_orders
         bare_requests = statistics.fmean(r["requests_per_order"] for r in measured.bare_results)
         print(f"  bare SDK script  {bare_ms:7.2f} ms   ({bare_requests:.2f} per order)")
         print(f"  ratio            {kiosk_cpu_ms / bare_ms:7.2f} x   (target <= 1.5)")
         print(
             f"  bare, raw JSON   {raw_ms:7.2f} ms   (ratio {kiosk_cpu_ms / raw_ms:.2f} x: the stripe client without"
             " StripeObjects, as kiosk's gateway uses it)"
-        )
-        print(
-            f"  bare on uvloop   {uv_ms:7.2f} ms   (ratio {kiosk_cpu_ms / uv_ms:.2f} x: the typed calls on the"
-            " event loop kiosk runs on)"
         )
         per_request = (kiosk_cpu_ms / kiosk_requests, bare_ms / bare_requests)
         print(f"  per Stripe request: kiosk {per_request[0]:.2f} ms, bare {per_request[1]:.2f} ms")
@@ -183,12 +174,8 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
                 f"  in {rounds} rounds, each kiosk's orders then the bare script's right after:"
                 f" ratio median {statistics.median(ratios):.2f} x, {min(ratios):.2f} to {max(ratios):.2f}"
             )
-            columns = zip(measured.kiosk, measured.bare, measured.raw, measured.uvloop, strict=True)
-            for n, (k, b, r, u) in enumerate(columns):
-                print(
-                    f"    round {n + 1}: kiosk {k:6.2f} ms, bare {b:6.2f} ms, raw {r:6.2f} ms, on uvloop {u:6.2f} ms,"
-                    f" ratio {k / b:.2f} x ({k / u:.2f} x)"
-                )
+            for n, (k, b, r) in enumerate(zip(measured.kiosk, measured.bare, measured.raw, strict=True)):
+                print(f"    round {n + 1}: kiosk {k:6.2f} ms, bare {b:6.2f} ms, raw {r:6.2f} ms, ratio {k / b:.2f} x")
     print()
     print("Stripe requests per order (kiosk), by endpoint")
     for name, count in sorted(requests.items()):

@@ -31,7 +31,7 @@ from kiosk.runner import Runner, RunnerConfig, failure_event, reader_view
 from kiosk.systemd import Notifier
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import Sequence
 
     from kiosk.journal import OutboxRow
     from kiosk.settings import Settings
@@ -366,13 +366,7 @@ class Service:
         recovered = await self.runner.recover()
         await self._drop_stale_states()
         self.notifier.ready(status=f"serving; {recovered} open order(s) recovered")
-        log.info(
-            "service.ready",
-            kiosk_id=self.settings.id,
-            recovered=recovered,
-            version=__version__,
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-        )
+        log.info("service.ready", kiosk_id=self.settings.id, recovered=recovered, version=__version__)
         try:
             async with self.bus, asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.runner.run(), name="runner")
@@ -454,12 +448,12 @@ def run(settings: Settings) -> int:
             return await service.run()
         finally:
             # The journal's last calls (a caller cancelled by the stop may have left one running)
-            # finish while the loop still runs: a result handed back to a loop that is closing
-            # would make it refuse to close, and a clean stop would exit 1.
+            # finish while the loop still runs, not after it has closed: the stop waits for them
+            # either way, and their results then land on a loop that can still take them.
             await asyncio.to_thread(service.journal.close)
 
     try:
-        return _event_loop_runner()(main())
+        return asyncio.run(main())
     except BaseExceptionGroup as group:
         # A task died: say which and why in the log (journald keeps it), then let the command
         # line print the first cause as one sentence and exit 1, so that systemd restarts kiosk.
@@ -471,22 +465,6 @@ def run(settings: Settings) -> int:
         for service in service_box:
             service.journal.close()
             service.notifier.close()
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
-    """The event loop runner: `uvloop.run` when uvloop is installed, else `asyncio.run` (and a warning).
-
-    uvloop, libuv's event loop, does kiosk's own work — a journal result handed back from its
-    thread, MQTT writes and acknowledgements, timers — in C: about 7 % less CPU per sale than
-    asyncio's loop (bench/RESULTS.md). kiosk depends on it; a release installed next to an older
-    one's packages (a fleet update with `inherit`) may not have it, and must still run.
-    """
-    try:
-        import uvloop  # noqa: PLC0415 - only `kiosk run` needs it, and it may be missing
-    except ImportError as exc:
-        log.warning("service.uvloop_missing", problem=str(exc), event_loop="asyncio")
-        return asyncio.run
-    return uvloop.run
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -6,25 +6,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import uvloop
 
 from kiosk.mosquitto import Mosquitto, find_binary
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Iterator
 
     from kiosk.simulator import ThreadHandle
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config,  # noqa: ARG001 - the hook's signature
-    item: pytest.Item,  # noqa: ARG001
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test runs on uvloop, the event loop `kiosk run` runs on (kiosk/service.py)."""
-    return {"uvloop": uvloop.new_event_loop}
 
 
 def _require_mosquitto() -> None:
