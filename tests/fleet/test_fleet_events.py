@@ -71,6 +71,8 @@ class Receiver:
 def journal_truth(db: Path) -> tuple[set[str], int]:
     """Orders the journal holds as ended, and the last event seq it issued."""
     with sqlite3.connect(db) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'orders'").fetchone() is None:
+            return set(), 0  # a daemon starting right now has made the file, not yet its tables
         ended = {row[0] for row in conn.execute("SELECT order_id FROM orders WHERE terminal = 1")}
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'fleet_events'").fetchone()
     return ended, (row[0] if row else 0)
