@@ -26,10 +26,11 @@ import math
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -114,6 +115,9 @@ class _Paho:
 
     Hanging up: aiomqtt 2.x leaves the socket open when a connect attempt fails after TCP
     connected (no CONNACK in time, or cancelled). Drop both uses when aiomqtt grows them.
+
+    Writing: see `write_soon`. It replaces one paho callback that aiomqtt installs, and keeps
+    aiomqtt's own for the cases it does not handle itself.
     """
 
     def __init__(self, client: aiomqtt.Client) -> None:
@@ -136,6 +140,53 @@ class _Paho:
         if isinstance(sock, socket.socket):  # ssl.SSLSocket too; a websocket wrapper is left alone
             with contextlib.suppress(OSError):  # a unix socket has no Nagle
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def write_soon(self) -> None:
+        """Write each queued packet at the loop's next turn, without first watching the socket.
+
+        aiomqtt 2.x answers paho's "a packet is queued" by asking the loop, from any thread, to
+        watch the socket for room (`call_soon_threadsafe(add_writer)`), and stops watching once
+        the packet is out. Per packet that is a wake of the loop through its self-pipe (a write
+        and a read), two `epoll_ctl` calls and one more turn of the loop, for a socket that nearly
+        always has room: 34 of the 677 system calls of a sale (bench/RESULTS.md). On the loop's
+        own thread, kiosk writes at the next turn instead; packets queued in the same turn go out
+        together. aiomqtt's watch still serves the rest: a packet queued on another thread (paho
+        connects in a worker thread) and a full socket buffer (paho keeps the rest until there is
+        room).
+
+        Call on the loop's thread, before connecting.
+        """
+        client = self._paho
+        watch = client.on_socket_register_write  # aiomqtt's
+        if watch is None:  # aiomqtt always installs it; without it there is nothing to speed up
+            return
+        loop = asyncio.get_running_loop()
+        home = threading.get_ident()
+
+        def write(userdata: Any, sock: paho.SocketLike) -> None:
+            if client.socket() is not sock:
+                return  # closed meanwhile: nothing more goes out on it
+            try:
+                client.loop_write()
+            except Exception as exc:  # noqa: BLE001 - aiomqtt's own writer would end the connection too
+                # paho reports a lost socket as a return code; this is anything else. End the
+                # connection, so the reader sees it close and the bus reconnects, as it would
+                # after any loss: a packet stuck in paho's queue would leave publishes hanging.
+                log.warning("bus.write_failed", error=f"{type(exc).__name__}: {exc}")
+                if isinstance(sock, socket.socket):  # ssl.SSLSocket too
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
+            if client.socket() is sock and client.want_write():
+                watch(client, userdata, sock)  # the buffer is full: aiomqtt waits for room
+
+        def queued(paho_client: paho.Client, userdata: Any, sock: paho.SocketLike) -> None:
+            if threading.get_ident() == home:
+                loop.call_soon(write, userdata, sock)
+            else:
+                watch(paho_client, userdata, sock)
+
+        client.on_socket_register_write = queued
 
     def hang_up(self) -> None:
         """Close whatever a failed attempt left open (paho sends DISCONNECT, then closes)."""
@@ -420,6 +471,7 @@ class Bus:
             number += 1
             client = self._client()
             acks = _Paho(client)
+            acks.write_soon()
             link: _Link | None = None
             connected_at: float | None = None
             reason = "connection ended"

@@ -635,3 +635,107 @@ async def test_a_publish_waiting_for_puback_fails_as_soon_as_the_connection_is_l
             await hooks.wait_for(1, "disconnect")
         finally:
             broker._proc.send_signal(signal.SIGCONT)
+
+
+# -- writing: at the loop's next turn, aiomqtt's watch only when the socket is full ---------------
+
+
+def bus_socket(bus: Bus) -> socket.socket:
+    link = bus._link
+    assert link is not None
+    sock = link.client._client.socket()
+    assert isinstance(sock, socket.socket)
+    return sock
+
+
+def watched_for_room(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the file descriptors the running loop is asked to watch for room (`add_writer`)."""
+    loop = asyncio.get_running_loop()
+    watched: list[int] = []
+    add_writer = loop.add_writer
+
+    def spy(fd: Any, callback: Any, *args: Any) -> None:
+        watched.append(fd if isinstance(fd, int) else fd.fileno())
+        add_writer(fd, callback, *args)
+
+    monkeypatch.setattr(loop, "add_writer", spy)
+    return watched
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_publishes_and_acks_go_out_without_watching_the_socket(
+    broker: Mosquitto, protocol: Protocol, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = make_bus(broker, protocol, subscriptions=["vend/v1/order/+/request"])
+    async with bus, controller(broker, "vend/v1/order/+/status", protocol=protocol) as ctl:
+        async with asyncio.timeout(WAIT_S):
+            await bus.wait_connected()
+        fd = bus_socket(bus).fileno()
+        watched = watched_for_room(monkeypatch)
+        for n in range(5):  # deliveries the bus acknowledges (PUBACK out)
+            await ctl.publish(f"vend/v1/order/o{n}/request", b"{}", qos=1)
+            (await next_incoming(bus)).ack()
+        async with asyncio.timeout(WAIT_S):  # publishes, one by one and in one turn (PUBLISH out)
+            for n in range(5):
+                await bus.publish(f"vend/v1/order/o{n}/status", b"one")
+            await asyncio.gather(*(bus.publish(f"vend/v1/order/o{n}/status", b"many") for n in range(5)))
+        received = [(await next_message(ctl)).payload for _ in range(10)]
+    assert received == [b"one"] * 5 + [b"many"] * 5
+    assert fd not in watched
+
+
+async def test_a_full_socket_buffer_is_written_as_room_comes(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = random.Random(3).randbytes(512 * 1024)
+    count = 40  # 20 MB: more than the kernel buffers between a stopped broker and the bus
+    bus = make_bus(broker, 5, request_timeout_s=60)
+    async with bus, controller(broker, "vend/v1/kioskd/bulk") as ctl:
+        async with asyncio.timeout(WAIT_S):
+            await bus.wait_connected()
+        fd = bus_socket(bus).fileno()
+        watched = watched_for_room(monkeypatch)
+        assert broker._proc is not None
+        broker._proc.send_signal(signal.SIGSTOP)  # nothing is read: the socket fills up
+        try:
+            publishing = [asyncio.create_task(bus.publish("vend/v1/kioskd/bulk", payload)) for _ in range(count)]
+            await asyncio.sleep(0.5)
+            assert fd in watched  # paho holds the rest, and the loop waits for room
+            assert not any(task.done() for task in publishing)
+        finally:
+            broker._proc.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(30):
+            await asyncio.gather(*publishing)
+            received = [await anext(ctl.messages) for _ in range(count)]
+    assert all(message.payload == payload for message in received)
+
+
+async def test_a_write_that_raises_ends_the_connection_and_the_bus_reconnects(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = Hooks()
+    bus = make_bus(broker, 5, on_connect=hooks.on_connect, on_disconnect=hooks.on_disconnect, request_timeout_s=30)
+    with capture_logs() as logged:
+        async with bus, controller(broker, "vend/v1/kioskd/state") as ctl:
+            await hooks.wait_for(1, "connect")
+            link = bus._link
+            assert link is not None
+            victim = link.client._client
+            loop_write = victim.loop_write
+            failures = iter([RuntimeError("paho bug")])
+
+            def fail_once() -> int:
+                for failure in failures:
+                    raise failure
+                return loop_write()
+
+            monkeypatch.setattr(victim, "loop_write", fail_once)  # only a bug can make it raise
+            with pytest.raises(BusUnavailable, match="connection lost"):
+                async with asyncio.timeout(WAIT_S):  # far below request_timeout_s
+                    await bus.publish("vend/v1/kioskd/state", b"lost")
+            await hooks.wait_for(1, "disconnect")
+            await hooks.wait_for(2, "connect")
+            await bus.publish("vend/v1/kioskd/state", b"after")
+            assert (await next_message(ctl)).payload == b"after"
+    failed = [entry for entry in logged if entry["event"] == "bus.write_failed"]
+    assert [entry["error"] for entry in failed] == ["RuntimeError: paho bug"]
