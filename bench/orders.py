@@ -14,7 +14,12 @@ Prints: CPU per order (user + system) of both and their ratio; Stripe requests p
 RSS after start, after the run and at its peak; orders per second (the ceiling: nothing waits on
 a person) and how busy the daemon's CPU was meanwhile.
 
-    .venv/bin/python bench/orders.py [--orders 1000] [--bare-orders 1000] [--rounds 5] [--warmup 50] [--no-bare]
+kiosk runs with the fleet off (the payments path, which the bare script is compared with) unless
+`--fleet` is given: then it runs as installed, the fleet's events, health and state beside each
+sale, and the difference is what the fleet costs per sale.
+
+    .venv/bin/python bench/orders.py [--orders 1000] [--bare-orders 1000] [--rounds 5] [--warmup 50]
+                                     [--no-bare] [--fleet]
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
     wall = cpu = 0.0
     with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as tmp, rig.setup(Path(tmp)) as s:
         s.sim.auto_present(s.reader, 0.0)
-        settings = rig.fast()
+        settings = rig.fast(**({"FLEET__ENABLED": "true"} if args.fleet else {}))
         interval = float(settings["PAYMENTS__POLL_INTERVAL_S"])
         daemon = s.daemon(**settings)
         daemon.start()
@@ -151,7 +156,8 @@ async def main_async(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one r
 
     print(f"machine: {rig.machine()}")
     print(f"orders: {args.orders} completed one after another (after {args.warmup} warm-up), {captured} captured")
-    print("settings: poll_interval_s=0.01, card read at once, controller vends at once")
+    fleet = "on (as installed; no fleet consumer acknowledges its events)" if args.fleet else "off (payments only)"
+    print(f"settings: poll_interval_s=0.01, card read at once, controller vends at once, fleet {fleet}")
     print()
     print("CPU per completed order (user + system)")
     print(f"  kiosk run        {kiosk_cpu_ms:7.2f} ms   ({kiosk_requests:.2f} Stripe requests per order)")
@@ -205,6 +211,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--bare-orders", type=int, default=1000, help="payments for the bare-SDK script")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-SDK comparison")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="run kiosk with the fleet on, as installed (its events, health and state beside each sale)",
+    )
     parser.add_argument(
         "--rounds",
         type=int,

@@ -101,6 +101,13 @@ class EventOutbox:
         rows = self._store.due(resend_before, BATCH)
         return rows, None if rows else self._store.stats()
 
+    def _mark_and_look(
+        self, sent: list[int], at: float, resend_before: float
+    ) -> tuple[list[StoredEvent], EventStats | None]:
+        """On the journal's thread: mark what the broker took, then `_look` (one hand-off, not two)."""
+        self._store.mark_sent(sent, at)
+        return self._look(resend_before)
+
     async def run(self, publish: Publish, wait_connected: Callable[[], Awaitable[None]]) -> None:
         """Send due events for ever; sleeps until an event is added or a re-send is due."""
         while True:
@@ -108,27 +115,44 @@ class EventOutbox:
             now = self._clock()
             self._bell.clear()  # before looking: an event added from now on rings it again
             rows, stats = await self._store.journal.call(self._look, now - self._resend_after_s)
-            if stats is not None:
-                timeout = None
-                if stats.last_sent_at is not None:
-                    timeout = max(0.5, stats.last_sent_at + self._resend_after_s - now)
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._bell.wait()
-                except TimeoutError:
-                    pass
+            while stats is None:  # events are due
+                sent = await self._send(rows, publish)
+                if sent is None:
+                    break  # the bus failed: wait for it again
+                now = self._clock()
+                self._bell.clear()
+                rows, stats = await self._store.journal.call(self._mark_and_look, sent, now, now - self._resend_after_s)
+            if stats is None:
                 continue
-            sent: list[int] = []
+            timeout = None
+            if stats.last_sent_at is not None:
+                timeout = max(0.5, stats.last_sent_at + self._resend_after_s - now)
             try:
-                for row in rows:
-                    body = payloads.event(
-                        seq=row.seq, event_id=row.id, type_=row.type, created_at=row.created_at, data=row.data
-                    )
-                    await publish(self._topic, body)
-                    sent.append(row.seq)
-            except BusUnavailable as exc:
-                log.info("fleet.events_interrupted", reason=str(exc))
-                await asyncio.sleep(0.5)
-            finally:
-                if sent:
-                    await self._store.journal.call(self._store.mark_sent, sent, self._clock())
+                async with asyncio.timeout(timeout):
+                    await self._bell.wait()
+            except TimeoutError:
+                pass
+
+    async def _send(self, rows: list[StoredEvent], publish: Publish) -> list[int] | None:
+        """Publish `rows` in seq order: their seqs, or None once the bus failed (those sent are marked)."""
+        sent: list[int] = []
+        try:
+            for row in rows:
+                body = payloads.event(
+                    seq=row.seq, event_id=row.id, type_=row.type, created_at=row.created_at, data=row.data
+                )
+                await publish(self._topic, body)
+                sent.append(row.seq)
+        except BusUnavailable as exc:
+            log.info("fleet.events_interrupted", reason=str(exc))
+            await self._mark(sent)
+            await asyncio.sleep(0.5)
+            return None
+        except BaseException:
+            await self._mark(sent)  # stopping: what the broker took is not sent again until the re-send time
+            raise
+        return sent
+
+    async def _mark(self, sent: list[int]) -> None:
+        if sent:
+            await self._store.journal.call(self._store.mark_sent, sent, self._clock())
