@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import json
 import random
+import selectors
 import signal
 import socket
 import sys
@@ -662,6 +663,16 @@ def watched_for_room(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return watched
 
 
+def watching_for_room(fd: int) -> bool:
+    """Whether the running loop still watches `fd` for room (asyncio's selector loop)."""
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    try:
+        key = selector.get_key(fd)
+    except KeyError:
+        return False
+    return bool(key.events & selectors.EVENT_WRITE)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_publishes_and_acks_go_out_without_watching_the_socket(
     broker: Mosquitto, protocol: Protocol, monkeypatch: pytest.MonkeyPatch
@@ -707,6 +718,8 @@ async def test_a_full_socket_buffer_is_written_as_room_comes(
         async with asyncio.timeout(30):
             await asyncio.gather(*publishing)
             received = [await anext(ctl.messages) for _ in range(count)]
+        await asyncio.sleep(0.1)
+        assert not watching_for_room(fd)  # drained: the loop stopped watching (no busy loop)
     assert all(message.payload == payload for message in received)
 
 
