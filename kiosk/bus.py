@@ -180,11 +180,11 @@ class _Paho:
             if client.socket() is sock and client.want_write():
                 watch(client, userdata, sock)  # the buffer is full: aiomqtt waits for room
 
-        def queued(paho_client: paho.Client, userdata: Any, sock: paho.SocketLike) -> None:
+        def queued(_client: paho.Client, userdata: Any, sock: paho.SocketLike) -> None:
             if threading.get_ident() == home:
                 loop.call_soon(write, userdata, sock)
             else:
-                watch(paho_client, userdata, sock)
+                watch(client, userdata, sock)
 
         client.on_socket_register_write = queued
 

@@ -559,13 +559,18 @@ async def test_a_broker_that_never_answers_gets_no_half_open_connections() -> No
             await writer.wait_closed()
 
 
-def drop_connection(bus: Bus) -> None:
-    """Shut the socket under the bus, as a flaky link would."""
+def bus_socket(bus: Bus) -> socket.socket:
+    """The socket under the bus's live connection."""
     link = bus._link
     assert link is not None
     sock = link.client._client.socket()
     assert isinstance(sock, socket.socket)
-    sock.shutdown(socket.SHUT_RDWR)
+    return sock
+
+
+def drop_connection(bus: Bus) -> None:
+    """Shut the socket under the bus, as a flaky link would."""
+    bus_socket(bus).shutdown(socket.SHUT_RDWR)
 
 
 async def test_backoff_grows_while_the_connection_flaps_and_restarts_after_a_stable_one(
@@ -639,14 +644,6 @@ async def test_a_publish_waiting_for_puback_fails_as_soon_as_the_connection_is_l
 
 
 # -- writing: at the loop's next turn, aiomqtt's watch only when the socket is full ---------------
-
-
-def bus_socket(bus: Bus) -> socket.socket:
-    link = bus._link
-    assert link is not None
-    sock = link.client._client.socket()
-    assert isinstance(sock, socket.socket)
-    return sock
 
 
 def watched_for_room(monkeypatch: pytest.MonkeyPatch) -> list[int]:
