@@ -15,7 +15,7 @@ from kiosk.fleet.store import FleetStore, NewEvent
 from kiosk.journal import Journal
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
 TOPIC = "fleet/v1/k1/events"
@@ -54,7 +54,7 @@ def events(*names: str) -> list[NewEvent]:
 
 
 @pytest.fixture(name="store")
-def fixture_store(tmp_path: Path) -> Any:
+def fixture_store(tmp_path: Path) -> Iterator[FleetStore]:
     with Journal.open(tmp_path / "kiosk.db") as journal:
         yield FleetStore(journal)
 
