@@ -139,11 +139,11 @@ class Daemon:
     def terminate(self, timeout: float = 20) -> int:
         """SIGTERM, as systemd stop does; returns the exit code."""
         assert self.proc is not None
-        if self.wrapper:
-            # strace would detach on SIGTERM and leave the daemon running: the daemon gets it,
-            # and the wrapper ends with it.
-            pid = self.proc.pid
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pid = self.proc.pid
+        # Under a wrapper, strace would detach on SIGTERM and leave the daemon running: the
+        # daemon gets it, and the wrapper ends with it. A daemon already gone leaves no child.
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if self.wrapper else []
+        if children:
             os.kill(int(children[0]), signal.SIGTERM)
         else:
             self.proc.send_signal(signal.SIGTERM)
